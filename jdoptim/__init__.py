@@ -1,0 +1,11 @@
+"""jdoptim: Jacobian descent for PyTorch.
+
+Train one model on several losses at once: compute the Jacobian of the losses (or only its
+Gramian) and aggregate it into one update that does not sacrifice any objective.
+"""
+
+from . import aggregation
+
+__version__ = "0.1.0.dev0"
+
+__all__ = ["aggregation"]

@@ -1,0 +1,29 @@
+"""Aggregators turn a Jacobian ``[m, n]`` into one update ``[n]``; weightings give them weights.
+
+Every aggregator and weighting is a :class:`torch.nn.Module`: forward hooks registered on them fire
+on every use, and stateful ones save their state with ``state_dict``.
+"""
+
+from ._bases import (
+    Aggregator,
+    Flattening,
+    GeneralizedWeighting,
+    GramianWeightedAggregator,
+    Weighting,
+)
+from ._mean import Mean, MeanWeighting
+from ._non_differentiable import NonDifferentiableError
+from ._sum import Sum, SumWeighting
+
+__all__ = [
+    "Aggregator",
+    "Flattening",
+    "GeneralizedWeighting",
+    "GramianWeightedAggregator",
+    "Mean",
+    "MeanWeighting",
+    "NonDifferentiableError",
+    "Sum",
+    "SumWeighting",
+    "Weighting",
+]
