@@ -1,0 +1,11 @@
+"""Jacobians of several objectives: computed, stored in ``.jac`` and aggregated into ``.grad``.
+
+The Jacobian with respect to a tensor ``t`` of ``m`` scalar objectives has shape ``[m, *t.shape]``.
+:func:`backward` and :func:`mtl_backward` accumulate it into the ``.jac`` attribute of leaf tensors
+(a plain Python attribute, accumulated across calls like ``.grad``), :func:`jac` returns it, and
+:func:`jac_to_grad` aggregates the ``.jac`` fields into ``.grad``.
+"""
+
+from ._jac import jac
+
+__all__ = ["jac"]
