@@ -11,12 +11,16 @@ from ._bases import (
     GramianWeightedAggregator,
     Weighting,
 )
+from ._dualproj import DualProj, DualProjWeighting
 from ._mean import Mean, MeanWeighting
 from ._non_differentiable import NonDifferentiableError
 from ._sum import Sum, SumWeighting
+from ._upgrad import UPGrad, UPGradWeighting
 
 __all__ = [
     "Aggregator",
+    "DualProj",
+    "DualProjWeighting",
     "Flattening",
     "GeneralizedWeighting",
     "GramianWeightedAggregator",
@@ -25,5 +29,7 @@ __all__ = [
     "NonDifferentiableError",
     "Sum",
     "SumWeighting",
+    "UPGrad",
+    "UPGradWeighting",
     "Weighting",
 ]

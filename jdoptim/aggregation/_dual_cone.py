@@ -1,0 +1,142 @@
+"""Projection onto the dual cone of the rows of a Jacobian, as a small QP on its Gramian.
+
+The projection of ``Jᵀu`` onto the dual cone ``{x : J x ≥ 0}`` of the rows of ``J`` is ``Jᵀv`` with
+``v = argmin_v vᵀ G v  s.t.  v ≥ u`` and ``G = J Jᵀ``. UPGrad and DualProj reduce to this problem.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+import quadprog
+import torch
+from numpy.typing import NDArray
+from torch import Tensor
+
+#: A dual-cone solver: ``(gramian [m, m], lower_bounds [k, m]) -> solutions [k, m]``.
+DualConeSolver = Callable[[Tensor, Tensor], Tensor]
+
+_Array = NDArray[np.float64]
+
+# Jitters tried, relative to the largest diagonal entry, when the Gramian is not numerically
+# positive definite for quadprog; the last one always succeeds (G + I is well conditioned).
+_JITTERS = (0.0, 1e-12, 1e-9, 1e-6, 1e-3, 1.0)
+
+
+def _solve_with_quadprog(gramian: Tensor, lower_bounds: Tensor) -> Tensor:
+    """Solves the ``k`` QPs with quadprog (Goldfarb–Idnani) in float64 on the CPU."""
+    gram = gramian.detach().to(device="cpu", dtype=torch.float64).numpy()
+    bounds = lower_bounds.detach().to(device="cpu", dtype=torch.float64).numpy()
+    solutions = _solve_numpy(gram, bounds)
+    return torch.from_numpy(solutions).to(device=gramian.device, dtype=gramian.dtype)
+
+
+def _solve_numpy(gramian: _Array, lower_bounds: _Array) -> _Array:
+    k, m = lower_bounds.shape
+    if k == 0 or m == 0:
+        return np.zeros((k, m))
+    if not (np.isfinite(gramian).all() and np.isfinite(lower_bounds).all()):
+        # A non-finite problem has no meaningful solution; NaN makes the caller's output
+        # non-finite (so that, e.g., GradScaler skips the step) instead of hanging quadprog.
+        return np.full((k, m), np.nan)
+    gramian = (gramian + gramian.T) / 2.0
+    # The minimiser is invariant to a positive rescaling of G: work with max(diag G) = 1.
+    scale = float(np.max(np.diag(gramian)))
+    if not scale > 0.0:
+        # G ≤ 0 on the diagonal means G = 0 for a PSD matrix: every feasible v is optimal; take
+        # the limit of the solutions for G = εI, the feasible point of smallest norm.
+        return np.maximum(lower_bounds, 0.0)
+    gramian = gramian / scale
+
+    solutions: _Array = lower_bounds.copy()
+    # v = u is optimal exactly when G u ≥ 0 (KKT with every constraint active): no QP needed.
+    unsolved = np.flatnonzero((lower_bounds @ gramian < 0.0).any(axis=1))
+    if unsolved.size > 0:
+        solutions[unsolved] = _solve_rows(gramian, lower_bounds[unsolved])
+    return solutions
+
+
+def _solve_rows(gramian: _Array, lower_bounds: _Array) -> _Array:
+    """Solves each row's QP through its dual, retrying with a growing jitter if quadprog fails.
+
+    The dual of ``min ½vᵀGv s.t. v ≥ u`` is ``min ½λᵀG⁻¹λ - uᵀλ s.t. λ ≥ 0`` with ``v = G⁻¹λ``.
+    quadprog's effort grows with the number of constraints that end up active; in the dual these
+    are the coordinates where ``v > u``, which are few when the rows conflict little.
+    """
+    m = gramian.shape[0]
+    identity = np.eye(m)
+    zeros = np.zeros(m)
+    last_error: ValueError | None = None
+    for jitter in _JITTERS:
+        try:
+            cholesky = np.linalg.cholesky(gramian + jitter * identity)
+            inverse_cholesky = np.linalg.inv(cholesky)
+            inverse = inverse_cholesky.T @ inverse_cholesky
+            inverse = (inverse + inverse.T) / 2.0
+            # quadprog takes the dual Hessian G⁻¹ = RᵀR factorised, as the upper triangular R⁻¹.
+            inverse_factor = np.linalg.inv(np.linalg.cholesky(inverse)).T
+            multipliers = np.stack(
+                [
+                    quadprog.solve_qp(inverse_factor, bound, identity, zeros, 0, True)[0]
+                    for bound in lower_bounds
+                ]
+            )
+        except (np.linalg.LinAlgError, ValueError) as error:
+            last_error = ValueError(str(error))
+            continue
+        solutions: _Array = multipliers @ inverse
+        # Rounding in v = G⁻¹λ may leave v a hair below u on the active coordinates.
+        return np.maximum(solutions, lower_bounds)
+    raise RuntimeError(f"quadprog failed on a regularised Gramian: {last_error}")
+
+
+_SOLVERS: dict[str, DualConeSolver] = {
+    "quadprog": _solve_with_quadprog,
+}
+
+
+def check_solver(solver: str) -> None:
+    """Raises unless ``solver`` names a registered dual-cone solver."""
+    if not isinstance(solver, str):
+        raise TypeError(f"`solver` must be a string, but got {type(solver).__name__}.")
+    if solver not in _SOLVERS:
+        raise ValueError(f"`solver` must be one of {sorted(_SOLVERS)}, but got {solver!r}.")
+
+
+def solve_dual_cone(gramian: Tensor, lower_bounds: Tensor, solver: str = "quadprog") -> Tensor:
+    r"""Solves :math:`v_i = \arg\min_v v^\top G v` subject to :math:`v \geq u_i`, for each row
+    :math:`u_i` of ``lower_bounds``.
+
+    With ``G = J Jᵀ``, ``Jᵀ v_i`` is the projection of ``Jᵀ u_i`` onto the dual cone of the rows
+    of ``J`` (the vectors that conflict with none of them). ``gramian`` is expected to be
+    positive definite (normalised and regularised by the caller); a singular one is jittered.
+    A non-finite input gives NaN solutions.
+
+    Args:
+        gramian: ``[m, m]`` symmetric positive (semi-)definite matrix ``G``.
+        lower_bounds: ``[k, m]`` matrix whose rows are the lower bounds ``u_i``.
+        solver: ``"quadprog"`` (float64 on the CPU, one QP per row).
+
+    Returns:
+        ``[k, m]`` solutions, on ``gramian``'s device and with its dtype.
+
+    Example:
+        >>> import torch
+        >>> from jdoptim.aggregation._dual_cone import solve_dual_cone
+        >>> gramian = torch.tensor([[1.0, -0.5], [-0.5, 1.0]], dtype=torch.float64)
+        >>> solve_dual_cone(gramian, torch.tensor([[1.0, 0.0]], dtype=torch.float64), "quadprog")
+        tensor([[1.0000, 0.5000]], dtype=torch.float64)
+    """
+    check_solver(solver)
+    if gramian.dim() != 2 or gramian.shape[0] != gramian.shape[1]:
+        raise ValueError(
+            f"`gramian` must be a square matrix of shape [m, m], but got shape "
+            f"{list(gramian.shape)}."
+        )
+    if lower_bounds.dim() != 2 or lower_bounds.shape[1] != gramian.shape[0]:
+        raise ValueError(
+            f"`lower_bounds` must have shape [k, m] with m = {gramian.shape[0]}, but got shape "
+            f"{list(lower_bounds.shape)}."
+        )
+    return _SOLVERS[solver](gramian, lower_bounds)

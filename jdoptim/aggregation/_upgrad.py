@@ -1,0 +1,135 @@
+"""UPGrad: project each row onto the dual cone of the rows, then average the projections."""
+
+from __future__ import annotations
+
+from typing import cast
+
+import torch
+from torch import Tensor
+
+from ._bases import GramianWeightedAggregator, Weighting
+from ._checks import (
+    check_non_negative,
+    check_pref_vector,
+    normalize,
+    pref_repr,
+    resolve_pref_vector,
+)
+from ._dual_cone import check_solver, solve_dual_cone
+
+
+class UPGradWeighting(Weighting):
+    r"""Weights of UPGrad: :math:`w = \sum_i v_i` with
+    :math:`v_i = \arg\min_{v \geq p_i e_i} v^\top \hat G v`.
+
+    With :math:`\hat G = N(G) + \varepsilon_{reg} I`, where :math:`N(G) = G / \operatorname{tr}(G)`
+    when :math:`\operatorname{tr}(G) \geq \varepsilon_{norm}` and :math:`0` otherwise. For
+    ``G = J Jᵀ``, :math:`J^\top v_i` is the projection of :math:`p_i g_i` onto the dual cone of
+    the rows :math:`g_1, …, g_m` of ``J``, so :math:`J^\top w` conflicts with none of them. A
+    (nearly) zero Gramian gives :math:`w = p`. The ``m`` QPs are solved in one call of the
+    dual-cone solver. From `Jacobian Descent for Multi-Objective Optimization
+    <https://arxiv.org/abs/2406.16232>`_ (Quinton & Rey).
+
+    Not differentiable: backpropagating through the weights raises
+    :class:`~jdoptim.aggregation.NonDifferentiableError`.
+
+    Args:
+        pref_vector: ``[m]`` preference vector ``p``; ``None`` means uniform ``1/m``.
+        norm_eps: the trace below which the Gramian is treated as zero (``≥ 0``).
+        reg_eps: the multiple of the identity added to the normalised Gramian (``≥ 0``).
+        solver: the dual-cone QP solver, ``"quadprog"``.
+
+    Example:
+        >>> import torch
+        >>> from jdoptim.aggregation import UPGradWeighting
+        >>> jacobian = torch.tensor([[-4.0, 1.0, 1.0], [6.0, 1.0, 1.0]])
+        >>> UPGradWeighting()(jacobian @ jacobian.T)
+        tensor([1.1109, 0.7894])
+    """
+
+    differentiable = False
+    pref_vector: Tensor | None
+
+    def __init__(
+        self,
+        pref_vector: Tensor | None = None,
+        norm_eps: float = 1e-4,
+        reg_eps: float = 1e-4,
+        solver: str = "quadprog",
+    ) -> None:
+        super().__init__()
+        check_pref_vector(pref_vector)
+        check_non_negative("norm_eps", norm_eps)
+        check_non_negative("reg_eps", reg_eps)
+        check_solver(solver)
+        # Not persistent: it is a constructor argument, not learned state.
+        self.register_buffer("pref_vector", pref_vector, persistent=False)
+        self.norm_eps = norm_eps
+        self.reg_eps = reg_eps
+        self.solver = solver
+
+    def forward(self, gramian: Tensor, /) -> Tensor:
+        m = gramian.shape[0]
+        pref_vector = resolve_pref_vector(self.pref_vector, gramian, 1.0 / max(m, 1))
+        identity = torch.eye(m, device=gramian.device, dtype=gramian.dtype)
+        regularized = normalize(gramian, self.norm_eps) + self.reg_eps * identity
+        projections = solve_dual_cone(regularized, torch.diag(pref_vector), self.solver)
+        return projections.sum(dim=0)
+
+    def __repr__(self) -> str:
+        return (
+            f"{type(self).__name__}(pref_vector={pref_repr(self.pref_vector)}, "
+            f"norm_eps={self.norm_eps!r}, reg_eps={self.reg_eps!r}, solver={self.solver!r})"
+        )
+
+    def __str__(self) -> str:
+        if self.pref_vector is None:
+            return type(self).__name__
+        return f"{type(self).__name__}({pref_repr(self.pref_vector)})"
+
+
+class UPGrad(GramianWeightedAggregator):
+    r"""Unconflicting Projection of Gradients: :math:`A(J) = J^\top w` with ``w`` from
+    :class:`UPGradWeighting`.
+
+    Each row :math:`g_i` of the Jacobian is projected onto the dual cone of the rows (the vectors
+    :math:`x` with :math:`J x \geq 0`), and the projections are averaged with the weights of
+    ``pref_vector``: the result conflicts with no objective, up to a tolerance set by ``reg_eps``.
+    The projections are QPs on the ``[m, m]`` Gramian ``J Jᵀ``, normalised by its trace
+    (guarded by ``norm_eps``) and regularised by ``reg_eps · I``. From `Jacobian Descent for
+    Multi-Objective Optimization <https://arxiv.org/abs/2406.16232>`_ (Quinton & Rey).
+
+    Not differentiable: backpropagating through the output raises
+    :class:`~jdoptim.aggregation.NonDifferentiableError`.
+
+    Args:
+        pref_vector: ``[m]`` preference vector; ``None`` means uniform ``1/m``.
+        norm_eps: the trace below which the Gramian is treated as zero (``≥ 0``).
+        reg_eps: the multiple of the identity added to the normalised Gramian (``≥ 0``).
+        solver: the dual-cone QP solver, ``"quadprog"``.
+
+    Example:
+        >>> import torch
+        >>> from jdoptim.aggregation import UPGrad
+        >>> UPGrad()(torch.tensor([[-4.0, 1.0, 1.0], [6.0, 1.0, 1.0]]))
+        tensor([0.2929, 1.9004, 1.9004])
+    """
+
+    differentiable = False
+
+    def __init__(
+        self,
+        pref_vector: Tensor | None = None,
+        norm_eps: float = 1e-4,
+        reg_eps: float = 1e-4,
+        solver: str = "quadprog",
+    ) -> None:
+        super().__init__(UPGradWeighting(pref_vector, norm_eps, reg_eps, solver))
+
+    def __repr__(self) -> str:
+        weighting = cast(UPGradWeighting, self.gramian_weighting)
+        return repr(weighting).replace(type(weighting).__name__, type(self).__name__, 1)
+
+    def __str__(self) -> str:
+        weighting = cast(UPGradWeighting, self.gramian_weighting)
+        return str(weighting).replace(type(weighting).__name__, type(self).__name__, 1)
