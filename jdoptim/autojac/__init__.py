@@ -6,6 +6,7 @@ The Jacobian with respect to a tensor ``t`` of ``m`` scalar objectives has shape
 :func:`jac_to_grad` aggregates the ``.jac`` fields into ``.grad``.
 """
 
+from ._backward import backward
 from ._jac import jac
 
-__all__ = ["jac"]
+__all__ = ["backward", "jac"]

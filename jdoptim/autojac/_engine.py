@@ -131,16 +131,27 @@ def delete_jac(tensor: Tensor) -> None:
         del tensor.jac
 
 
+def number_of_rows(outputs: Sequence[Tensor], multipliers: Sequence[Tensor] | None) -> int:
+    """The number m of rows of the Jacobian of ``outputs`` (pre-multiplied by ``multipliers``)."""
+    if multipliers is not None:
+        return multipliers[0].shape[0]
+    return sum(output.numel() for output in outputs)
+
+
+def check_jac_rows(tensors: Sequence[Tensor], m: int, name: str) -> None:
+    """Checks that the existing ``.jac`` fields of ``tensors`` can accumulate ``m`` rows."""
+    for i, tensor in enumerate(tensors):
+        existing = get_jac(tensor)
+        if existing is not None and list(existing.shape) != [m, *tensor.shape]:
+            raise ValueError(
+                f"`{name}` element {i} already has a `.jac` of shape {list(existing.shape)}, "
+                f"which cannot accumulate a Jacobian of shape {[m, *tensor.shape]}; call "
+                "`jac_to_grad` or delete the `.jac` field first."
+            )
+
+
 def accumulate_jacs(tensors: Sequence[Tensor], jacobians: Sequence[Tensor]) -> None:
     """Adds each Jacobian into the ``.jac`` of its tensor, creating the field when absent."""
-    for i, (tensor, jacobian) in enumerate(zip(tensors, jacobians, strict=True)):
-        existing = get_jac(tensor)
-        if existing is not None and existing.shape != jacobian.shape:
-            raise ValueError(
-                f"`inputs` element {i} already has a `.jac` of shape {list(existing.shape)}, which "
-                f"cannot accumulate a Jacobian of shape {list(jacobian.shape)} (different number "
-                "of rows m); call `jac_to_grad` or delete the `.jac` field first."
-            )
     for tensor, jacobian in zip(tensors, jacobians, strict=True):
         existing = get_jac(tensor)
         if existing is None:
@@ -269,10 +280,7 @@ def compute_jacobians(
     preallocated tensor per input, so the Jacobian is never held twice; each returned tensor is
     contiguous and owns its memory (it aliases neither a seed nor another result).
     """
-    if jac_outputs is not None:
-        m = jac_outputs[0].shape[0]
-    else:
-        m = sum(output.numel() for output in outputs)
+    m = number_of_rows(outputs, jac_outputs)
     if m == 0:
         return [input.new_zeros((0, *input.shape)) for input in inputs]
     chunk = m if parallel_chunk_size is None else min(parallel_chunk_size, m)
