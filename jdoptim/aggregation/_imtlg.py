@@ -1,0 +1,72 @@
+"""IMTL-G: the combination of the rows whose projections on every unit row are equal."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from ._bases import GramianWeightedAggregator, Weighting
+
+#: Below this absolute value of ``Σv`` the weights are zero rather than a huge or NaN ratio.
+_SUM_EPS = 1e-12
+
+
+class IMTLGWeighting(Weighting):
+    r"""Weights of IMTL-G: :math:`w = v / \sum_i v_i` with :math:`v = G^{+} d` and
+    :math:`d = \sqrt{\operatorname{diag}(G)}`.
+
+    For ``G = J Jᵀ``, :math:`J^\top w` has the same projection on every normalised row
+    :math:`g_i / \lVert g_i \rVert` (when the rows are linearly independent). The weights are
+    zero when :math:`|\sum_i v_i| < 10^{-12}`, so an all-zero Gramian gives zeros, never NaN.
+    A non-finite Gramian gives NaN weights. From `Towards Impartial Multi-task Learning
+    <https://openreview.net/forum?id=IMPnRXEWpvr>`_ (Liu et al., ICLR 2021).
+
+    Not differentiable: backpropagating through the weights raises
+    :class:`~jdoptim.aggregation.NonDifferentiableError`.
+
+    Example:
+        >>> import torch
+        >>> from jdoptim.aggregation import IMTLGWeighting
+        >>> IMTLGWeighting()(torch.tensor([[1.0, 0.0], [0.0, 4.0]]))
+        tensor([0.6667, 0.3333])
+    """
+
+    differentiable = False
+
+    def forward(self, gramian: Tensor, /) -> Tensor:
+        # Guard the decomposition inside pinv against non-finite input without a host sync.
+        finite = torch.isfinite(gramian).all()
+        safe_gramian = torch.where(finite, gramian, torch.zeros_like(gramian))
+        norms = safe_gramian.diagonal().clamp(min=0.0).sqrt()
+        v = torch.linalg.pinv(safe_gramian, hermitian=True) @ norms
+        total = v.sum()
+        negligible = total.abs() < _SUM_EPS
+        safe_total = torch.where(negligible, torch.ones_like(total), total)
+        weights = torch.where(negligible, torch.zeros_like(v), v / safe_total)
+        return torch.where(finite, weights, torch.full_like(weights, float("nan")))
+
+
+class IMTLG(GramianWeightedAggregator):
+    r"""Impartial Multi-Task Learning, gradient part: :math:`A(J) = J^\top w` with ``w`` from
+    :class:`IMTLGWeighting`.
+
+    The output is the combination of the rows, with weights summing to 1, whose projections on
+    the unit vectors :math:`g_i / \lVert g_i \rVert` are all equal: no objective is favoured
+    because of the scale of its gradient. An all-zero matrix gives zeros. From `Towards
+    Impartial Multi-task Learning <https://openreview.net/forum?id=IMPnRXEWpvr>`_ (Liu et al.,
+    ICLR 2021).
+
+    Not differentiable: backpropagating through the output raises
+    :class:`~jdoptim.aggregation.NonDifferentiableError`.
+
+    Example:
+        >>> import torch
+        >>> from jdoptim.aggregation import IMTLG
+        >>> IMTLG()(torch.tensor([[1.0, 0.0], [0.0, 2.0]]))
+        tensor([0.6667, 0.6667])
+    """
+
+    differentiable = False
+
+    def __init__(self) -> None:
+        super().__init__(IMTLGWeighting())
