@@ -12,12 +12,21 @@ from ._bases import (
     GramianWeightedAggregator,
     Weighting,
 )
+from ._cagrad import CAGrad, CAGradWeighting
+from ._config import ConFIG
+from ._constant import Constant, ConstantWeighting
 from ._dualproj import DualProj, DualProjWeighting
+from ._graddrop import GradDrop
 from ._imtlg import IMTLG, IMTLGWeighting
+from ._krum import Krum, KrumWeighting
 from ._mean import Mean, MeanWeighting
 from ._mgda import MGDA, MGDAWeighting
+from ._nash_mtl import NashMTL
 from ._non_differentiable import NonDifferentiableError
+from ._pcgrad import PCGrad, PCGradWeighting
+from ._random import Random, RandomWeighting
 from ._sum import Sum, SumWeighting
+from ._trimmed_mean import TrimmedMean
 from ._upgrad import UPGrad, UPGradWeighting
 
 __all__ = [
@@ -26,18 +35,32 @@ __all__ = [
     "Aggregator",
     "AlignedMTL",
     "AlignedMTLWeighting",
+    "CAGrad",
+    "CAGradWeighting",
+    "ConFIG",
+    "Constant",
+    "ConstantWeighting",
     "DualProj",
     "DualProjWeighting",
     "Flattening",
     "GeneralizedWeighting",
+    "GradDrop",
     "GramianWeightedAggregator",
     "IMTLGWeighting",
+    "Krum",
+    "KrumWeighting",
     "MGDAWeighting",
     "Mean",
     "MeanWeighting",
+    "NashMTL",
     "NonDifferentiableError",
+    "PCGrad",
+    "PCGradWeighting",
+    "Random",
+    "RandomWeighting",
     "Sum",
     "SumWeighting",
+    "TrimmedMean",
     "UPGrad",
     "UPGradWeighting",
     "Weighting",

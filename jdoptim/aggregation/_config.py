@@ -1,0 +1,76 @@
+"""ConFIG: a conflict-free direction from the pseudo-inverse of the normalised rows."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from ._bases import Aggregator
+from ._checks import check_pref_vector, pref_repr
+
+
+class ConFIG(Aggregator):
+    r"""Conflict-free update of ConFIG.
+
+    With :math:`u_i = g_i / \|g_i\|` (0 for a zero row) and U the matrix of rows
+    :math:`u_i`, the direction is :math:`x = U^+ p`, the minimum-norm vector whose cosines
+    with the gradients are proportional to the preferences p (default: all ones), normalised
+    to :math:`d = x / \max(\|x\|, 10^{-12})`. The output is
+    :math:`A(J) = \left(\sum_i g_i \cdot d\right) d`, the direction d scaled by the sum of
+    the projections of the gradients on it. Since it only depends on the directions of the
+    rows, rescaling the rows by positive factors rescales the output linearly. Not
+    differentiable. From "ConFIG: Towards Conflict-free Training of Physics Informed Neural
+    Networks" (Liu et al., ICLR 2025).
+
+    Args:
+        pref_vector: the preferences p, a 1-D tensor with one entry per row (default: ones).
+
+    Example:
+        >>> import torch
+        >>> from jdoptim.aggregation import ConFIG
+        >>> ConFIG()(torch.tensor([[-4.0, 1.0, 1.0], [6.0, 1.0, 1.0]]))
+        tensor([0.1588, 2.0706, 2.0706])
+    """
+
+    differentiable = False
+
+    pref_vector: Tensor | None
+
+    def __init__(self, pref_vector: Tensor | None = None) -> None:
+        super().__init__()
+        check_pref_vector(pref_vector)
+        self.register_buffer(
+            "pref_vector", None if pref_vector is None else pref_vector.detach().clone()
+        )
+
+    def forward(self, matrix: Tensor, /) -> Tensor:
+        m = matrix.shape[0]
+        if self.pref_vector is None:
+            preferences = matrix.new_ones(m)
+        elif self.pref_vector.shape[0] != m:
+            raise ValueError(
+                f"`pref_vector` must have one entry per row of the matrix (m = {m}), but got "
+                f"shape {list(self.pref_vector.shape)} for a matrix of shape "
+                f"{list(matrix.shape)}."
+            )
+        else:
+            preferences = self.pref_vector.to(device=matrix.device, dtype=matrix.dtype)
+        norms = torch.linalg.vector_norm(matrix, dim=1, keepdim=True)
+        # Exactly-zero rows get u_i = 0; any positive norm is used as is, so that rescaling a
+        # row by a positive factor leaves its unit vector unchanged.
+        units = torch.where(norms > 0, matrix / torch.where(norms > 0, norms, 1.0), 0.0)
+        # U's rows are unit vectors (or zero): singular values are O(1) whatever the scales of
+        # the rows, so a cut-off relative to the largest depends on m and the precision only
+        # (torch's default, max(m, n)·eps, would drop real directions when n is large).
+        rtol = 10 * m * torch.finfo(matrix.dtype).eps
+        try:
+            direction: Tensor = torch.linalg.pinv(units, rtol=rtol) @ preferences
+        except RuntimeError:  # torch.linalg.LinAlgError
+            # Only non-finite input makes the SVD fail: return a non-finite output (so that,
+            # e.g., GradScaler skips the step) rather than crash.
+            return torch.full_like(matrix[0], float("nan"))
+        direction = direction / torch.linalg.vector_norm(direction).clamp(min=1e-12)
+        return (matrix @ direction).sum() * direction
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(pref_vector={pref_repr(self.pref_vector)})"
