@@ -8,5 +8,6 @@ The Jacobian with respect to a tensor ``t`` of ``m`` scalar objectives has shape
 
 from ._backward import backward
 from ._jac import jac
+from ._mtl_backward import mtl_backward
 
-__all__ = ["backward", "jac"]
+__all__ = ["backward", "jac", "mtl_backward"]

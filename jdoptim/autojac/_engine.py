@@ -162,13 +162,35 @@ def accumulate_jacs(tensors: Sequence[Tensor], jacobians: Sequence[Tensor]) -> N
 
 
 def accumulate_grads(tensors: Sequence[Tensor], gradients: Sequence[Tensor]) -> None:
-    """Adds each gradient into the ``.grad`` of its tensor, like ``torch.autograd.backward``."""
+    """Adds each gradient into the ``.grad`` of its tensor, like ``torch.autograd.backward``.
+
+    The gradients must own their memory (see :func:`own`): a new ``.grad`` is the gradient itself.
+    """
     for tensor, gradient in zip(tensors, gradients, strict=True):
         if tensor.grad is None:
             tensor.grad = gradient
         else:
             with torch.no_grad():
                 tensor.grad.add_(gradient)
+
+
+def own(tensor: Tensor, protected: set[int]) -> Tensor:
+    """``tensor``, or a contiguous copy when it is not contiguous or its storage is protected.
+
+    The storage of the returned tensor is added to ``protected``, so that two results never
+    share memory (autograd may return the same tensor for two inputs, or a seed itself).
+    """
+    if tensor.numel() == 0:
+        return tensor
+    if not tensor.is_contiguous() or _storage_key(tensor) in protected:
+        tensor = tensor.clone(memory_format=torch.contiguous_format)
+    protected.add(_storage_key(tensor))
+    return tensor
+
+
+def storage_keys(tensors: Iterable[Tensor]) -> set[int]:
+    """The storages of ``tensors`` (non-empty ones), to protect from aliasing."""
+    return {_storage_key(tensor) for tensor in tensors if tensor.numel() > 0}
 
 
 Edge = tuple[Any, int]
@@ -284,7 +306,7 @@ def compute_jacobians(
     if m == 0:
         return [input.new_zeros((0, *input.shape)) for input in inputs]
     chunk = m if parallel_chunk_size is None else min(parallel_chunk_size, m)
-    protected = {_storage_key(t) for t in (jac_outputs or []) if t.numel() > 0}
+    protected = storage_keys(jac_outputs or [])
     results: list[Tensor] = []
     for start in range(0, m, chunk):
         stop = min(start + chunk, m)
@@ -325,11 +347,6 @@ def _own(
     for grad, input in zip(grads, inputs, strict=True):
         if grad is None:
             owned.append(input.new_zeros((m, *input.shape)))
-            continue
-        grad = grad.reshape(m, *input.shape)
-        if grad.numel() > 0 and (not grad.is_contiguous() or _storage_key(grad) in protected):
-            grad = grad.clone(memory_format=torch.contiguous_format)
-        if grad.numel() > 0:
-            protected.add(_storage_key(grad))
-        owned.append(grad)
+        else:
+            owned.append(own(grad.reshape(m, *input.shape), protected))
     return owned
