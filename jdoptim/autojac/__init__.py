@@ -8,6 +8,7 @@ The Jacobian with respect to a tensor ``t`` of ``m`` scalar objectives has shape
 
 from ._backward import backward
 from ._jac import jac
+from ._jac_to_grad import jac_to_grad
 from ._mtl_backward import mtl_backward
 
-__all__ = ["backward", "jac", "mtl_backward"]
+__all__ = ["backward", "jac", "jac_to_grad", "mtl_backward"]

@@ -1,0 +1,147 @@
+"""``jac_to_grad``: aggregates the ``.jac`` fields of some tensors into their ``.grad``."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import torch
+from torch import Tensor
+
+from ..aggregation._bases import Aggregator
+from ..aggregation._weights import aggregate_with_weights
+from ._engine import (
+    accumulate_grads,
+    as_tensors,
+    check_no_duplicates,
+    delete_jac,
+    get_jac,
+    set_jac,
+)
+
+
+def jac_to_grad(
+    tensors: Tensor | Iterable[Tensor],
+    /,
+    aggregator: Aggregator,
+    *,
+    retain_jac: bool = False,
+) -> Tensor | None:
+    r"""Aggregates the ``.jac`` fields of ``tensors`` and accumulates the result into ``.grad``.
+
+    The Jacobians ``t.jac`` of shape ``[m, *t.shape]`` are flattened and concatenated, in the
+    order of ``tensors``, into one matrix :math:`J` of shape ``[m, N]`` (``N`` the total number
+    of elements); ``aggregator`` turns it into a vector :math:`A(J)` of shape ``[N]``, which is
+    split back and added to each tensor's ``.grad`` (created when absent, like
+    :func:`torch.autograd.backward`). The ``.jac`` fields are then deleted, unless
+    ``retain_jac``.
+
+    Aggregating several groups of parameters separately (e.g. with different aggregators) takes
+    one call per group. ``.grad`` is written only once the aggregation has succeeded: if it
+    raises, every ``.grad`` and ``.jac`` is left as it was.
+
+    To keep the peak memory near one copy of the Jacobian, each ``.jac`` is replaced by a view
+    into :math:`J` as soon as it is copied there (which frees the original unless something else
+    references it); with ``retain_jac=True`` the ``.jac`` fields stay such views.
+
+    Args:
+        tensors: the tensor or iterable of tensors (e.g. ``model.parameters()``) whose ``.jac``
+            is aggregated; every one must have a ``.jac`` with the same number ``m`` of rows.
+        aggregator: the :class:`~jdoptim.aggregation.Aggregator` applied to :math:`J`. Its
+            forward hooks fire.
+        retain_jac: keep the ``.jac`` fields instead of deleting them.
+
+    Returns:
+        The weights ``[m]`` the aggregator gave the rows when it is a
+        :class:`~jdoptim.aggregation.GramianWeightedAggregator`, else ``None``.
+
+    Example:
+        >>> import torch
+        >>> from jdoptim.aggregation import Mean
+        >>> from jdoptim.autojac import backward, jac_to_grad
+        >>> param = torch.tensor([1.0, 2.0], requires_grad=True)
+        >>> backward(torch.stack([param.pow(2).sum(), param.prod()]))
+        >>> jac_to_grad([param], Mean())
+        tensor([0.5000, 0.5000])
+        >>> param.grad
+        tensor([2.0000, 2.5000])
+        >>> hasattr(param, "jac")
+        False
+    """
+    tensor_list = as_tensors(tensors, "tensors")
+    if not tensor_list:
+        raise ValueError("`tensors` must contain at least one tensor, but got an empty sequence.")
+    check_no_duplicates(tensor_list, "tensors")
+    if not isinstance(aggregator, Aggregator):
+        raise TypeError(
+            "`aggregator` must be a jdoptim.aggregation.Aggregator, but got "
+            f"{type(aggregator).__name__}."
+        )
+    jacobians = _checked_jacobians(tensor_list)
+    m = jacobians[0].shape[0]
+    sizes = [tensor.numel() for tensor in tensor_list]
+
+    if len(tensor_list) == 1:
+        matrix = jacobians[0].reshape(m, -1)
+    else:
+        matrix = jacobians[0].new_empty((m, sum(sizes)))
+        offset = 0
+        for i, (tensor, size) in enumerate(zip(tensor_list, sizes, strict=True)):
+            columns = matrix[:, offset : offset + size]
+            columns.copy_(jacobians[i].reshape(m, size))
+            # The .jac becomes a view of the matrix, so the original is freed right away: the
+            # peak memory stays near one copy of the Jacobian, and nothing is lost on failure.
+            jacobians[i] = columns.view(m, *tensor.shape)
+            set_jac(tensor, jacobians[i])
+            offset += size
+    del jacobians
+
+    with torch.no_grad():
+        aggregation, weights = aggregate_with_weights(aggregator, matrix)
+    if aggregation.shape != (matrix.shape[1],):
+        raise ValueError(
+            f"`aggregator` must return a vector of shape [{matrix.shape[1]}], but "
+            f"{aggregator!r} returned shape {list(aggregation.shape)}."
+        )
+
+    gradients = []
+    offset = 0
+    for tensor, size in zip(tensor_list, sizes, strict=True):
+        gradient = aggregation[offset : offset + size].reshape(tensor.shape)
+        gradients.append(gradient.to(dtype=tensor.dtype, copy=True))
+        offset += size
+    accumulate_grads(tensor_list, gradients)
+    if not retain_jac:
+        for tensor in tensor_list:
+            delete_jac(tensor)
+    return weights
+
+
+def _checked_jacobians(tensors: list[Tensor]) -> list[Tensor]:
+    """The ``.jac`` of every tensor, checked to exist with shape ``[m, *t.shape]`` and one m."""
+    jacobians: list[Tensor] = []
+    for i, tensor in enumerate(tensors):
+        jacobian = get_jac(tensor)
+        if jacobian is None:
+            raise ValueError(
+                f"`tensors` must all have a `.jac` field (call `backward` or `mtl_backward` "
+                f"first), but element {i} of shape {list(tensor.shape)} has none."
+            )
+        if jacobian.dim() < 1 or jacobian.shape[1:] != tensor.shape:
+            raise ValueError(
+                f"`tensors` must have a `.jac` of shape [m, *t.shape], but element {i} of shape "
+                f"{list(tensor.shape)} has a `.jac` of shape {list(jacobian.shape)}."
+            )
+        first = jacobians[0] if jacobians else jacobian
+        if jacobian.shape[0] != first.shape[0]:
+            raise ValueError(
+                f"`tensors` must have `.jac` fields with the same number of rows m, but element "
+                f"{i} has {jacobian.shape[0]} rows and element 0 has {first.shape[0]}."
+            )
+        if jacobian.dtype != first.dtype or jacobian.device != first.device:
+            raise ValueError(
+                f"`tensors` must have `.jac` fields of one dtype and device, but element {i} has "
+                f"{jacobian.dtype} on {jacobian.device} and element 0 has {first.dtype} on "
+                f"{first.device}."
+            )
+        jacobians.append(jacobian)
+    return jacobians
