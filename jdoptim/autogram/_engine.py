@@ -1,0 +1,289 @@
+"""The autogram engine: Gramians of the Jacobian of losses, layer by layer."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+from torch.autograd.graph import GradientEdge
+
+from ._batch_checks import check_batch_independence
+from ._gramian import group_gramian
+from ._graph import EngineParameter, find_used_parameters
+from ._layout import to_generalized_gramian
+from ._module_hooks import CallRecorder, ModuleCall
+
+
+class Engine:
+    r"""Computes the Gramian of the Jacobian of losses without materialising the Jacobian.
+
+    For losses :math:`L` of shape ``[m1, …, mk]`` and the parameters :math:`θ` of ``modules``
+    (all their parameters, recursively, that require grad), the generalized Gramian is
+
+    .. math:: G[i_1, …, i_k, j_k, …, j_1] = \langle ∇_θ L[i_1, …, i_k],
+        ∇_θ L[j_1, …, j_k] \rangle,
+
+    of shape ``[m1, …, mk, mk, …, m1]`` (0-D for a scalar, ``[m, m]`` for a vector). It is
+    the sum over the *layers* (the modules that directly own parameters) of the Gramians of
+    their Jacobians (Algorithm 3 of *Jacobian Descent for Multi-Objective Optimization*,
+    Quinton & Rey): the engine obtains the gradients of the losses with respect to each layer's
+    outputs, then forms each layer's Jacobian (or, for :class:`torch.nn.Linear`, directly its
+    Gramian) from its recorded inputs, one layer at a time.
+
+    **How to use it.** Build the engine once, before the forward passes: it registers forward
+    hooks on the modules that directly own parameters, and each of their calls made while
+    gradients are enabled is recorded. :meth:`compute_gramian` uses and then forgets the
+    records, and leaves the graph intact (``retain_graph``) so that the weights can be
+    back-propagated::
+
+        engine = Engine(model, batch_dim=0)
+        for x, y in loader:
+            losses = loss_fn(model(x), y)  # reduction="none": one loss per sample
+            weights = UPGradWeighting()(engine.compute_gramian(losses))
+            optimizer.zero_grad()
+            losses.backward(weights)
+            optimizer.step()
+
+    ``losses.backward(weights)`` then gives the same ``.grad`` as aggregating the Jacobian with
+    the corresponding aggregator (``Jᵀ w``). For losses with several dimensions (e.g.
+    ``[batch, tasks]``), use :class:`~jdoptim.aggregation.Flattening` around the weighting.
+    The hooks live as long as the engine; :meth:`remove` takes them off earlier.
+
+    **Batch dimension.** With ``batch_dim=d``, the losses are assumed independent across
+    dimension ``d``: loss ``i`` along ``d`` depends only on sample ``i``. The gradients with
+    respect to the layer outputs then take one backward pass per loss of a single sample, and
+    each layer's Jacobian comes from per-sample vector-Jacobian products. This requires every
+    tensor given to or returned by a module of the engine to hold the batch on its first
+    dimension, and every module between them and the losses to treat the samples
+    independently. Batch normalization using batch statistics, modules updating running
+    statistics in training mode, and recurrent modules raise a :class:`ValueError`; tensors
+    whose first dimension is not the batch size raise a :class:`ValueError` at
+    :meth:`compute_gramian`. Modules outside the engine that mix the samples (e.g. a batch norm
+    between two layers of a partial engine) cannot be detected: use ``batch_dim=None`` then.
+    With ``batch_dim=None`` no assumption is made and every module works, at the cost of one
+    backward pass per loss.
+
+    **What makes it refuse.** A parameter of the engine that receives gradient through a
+    computation that is not a call of a module owning it (e.g. ``F.linear(h,
+    self.embedding.weight)`` written in the parent's forward) raises a :class:`ValueError`, as
+    does a recorded input modified in place after the call. An output modified in place after
+    the call is fine (the engine differentiates the value the module returned). A module that
+    draws random numbers in its own forward (dropout inside a layer with parameters, in
+    training mode) raises: keep dropout in separate modules.
+
+    Args:
+        modules: the modules whose parameters the Gramian is taken with respect to (a whole
+            model, or only some layers for partial Jacobian descent).
+        batch_dim: the dimension of the losses that indexes independent samples, or ``None``.
+
+    Example:
+        >>> import torch
+        >>> from torch import nn
+        >>> from jdoptim.autogram import Engine
+        >>> model = nn.Linear(2, 1)
+        >>> with torch.no_grad():
+        ...     _ = model.weight.copy_(torch.tensor([[1.0, 2.0]]))
+        ...     _ = model.bias.zero_()
+        >>> engine = Engine(model, batch_dim=0)
+        >>> losses = model(torch.tensor([[1.0, 0.0], [1.0, 1.0]])).squeeze(1)
+        >>> engine.compute_gramian(losses)  # [1 + xᵢ·xⱼ] for the weight and the bias
+        tensor([[2., 2.],
+                [2., 3.]])
+    """
+
+    def __init__(self, *modules: nn.Module, batch_dim: int | None) -> None:
+        if not modules:
+            raise ValueError("`modules` must contain at least one torch.nn.Module, but got none.")
+        for module in modules:
+            if not isinstance(module, nn.Module):
+                raise TypeError(
+                    f"`modules` must be torch.nn.Module instances, but got {type(module).__name__}."
+                )
+        if batch_dim is not None and (
+            not isinstance(batch_dim, int) or isinstance(batch_dim, bool)
+        ):
+            raise TypeError(f"`batch_dim` must be an int or None, but got {batch_dim!r}.")
+        self.batch_dim = batch_dim
+
+        self._named_modules: list[tuple[str, nn.Module]] = []
+        self._parameters: dict[int, EngineParameter] = {}
+        seen: set[int] = set()
+        for index, root in enumerate(modules):
+            prefix = "" if len(modules) == 1 else f"modules[{index}]."
+            for name, module in root.named_modules():
+                if id(module) not in seen:
+                    seen.add(id(module))
+                    self._named_modules.append((prefix + name, module))
+            for name, parameter in root.named_parameters():
+                if id(parameter) not in self._parameters:
+                    self._parameters[id(parameter)] = EngineParameter(parameter, prefix + name)
+        if batch_dim is not None:
+            check_batch_independence(self._named_modules, batch_dim)
+        layers = [
+            module
+            for _, module in self._named_modules
+            if next(module.parameters(recurse=False), None) is not None
+        ]
+        self._recorder = CallRecorder(layers)
+
+    def compute_gramian(self, output: Tensor, /) -> Tensor:
+        """Returns the generalized Gramian of ``output`` w.r.t. the parameters of the engine.
+
+        Uses and forgets the calls recorded since the previous call of this method (or since
+        construction). The graph of ``output`` is retained, so that ``output.backward(weights)``
+        can follow.
+
+        Args:
+            output: the losses, computed from calls of the engine's modules made after the last
+                :meth:`compute_gramian`.
+
+        Returns:
+            A tensor of shape ``[*output.shape, *reversed(output.shape)]`` with ``output``'s
+            dtype and device.
+        """
+        calls = self._recorder.take_calls()
+        if not isinstance(output, Tensor):
+            raise TypeError(f"`output` must be a torch.Tensor, but got {type(output).__name__}.")
+        if not output.dtype.is_floating_point:
+            raise TypeError(f"`output` must have a floating dtype, but got {output.dtype}.")
+        batch_dim = self._normalized_batch_dim(output)
+        if batch_dim is not None:
+            check_batch_independence(self._named_modules, batch_dim)
+        shape = tuple(output.shape)
+        samples = 1 if batch_dim is None else shape[batch_dim]
+        rows = output.numel() // samples if samples else 0
+        size = rows * samples
+        gramian = output.new_zeros(size, size)
+        if size == 0 or not output.requires_grad:
+            if size and not output.requires_grad:
+                raise ValueError(
+                    "`output` must be computed from the parameters of the engine's modules "
+                    "(it does not require grad)."
+                )
+            return to_generalized_gramian(gramian, shape, batch_dim)
+
+        used = find_used_parameters(output, calls, self._parameters)
+        relevant = [call for call in calls if call in used]
+        for call in relevant:
+            _check_call(call, samples if batch_dim is not None else None, self.batch_dim)
+        if not relevant:
+            return to_generalized_gramian(gramian, shape, batch_dim)
+        deltas = _output_gradients(output, relevant, batch_dim, rows)
+        for group in _groups_sharing_parameters(relevant, used):
+            contribution = group_gramian(group, deltas, used, batch_dim is not None)
+            gramian += contribution.to(gramian.dtype)
+            for call in group:
+                del deltas[call]
+        return to_generalized_gramian(gramian, shape, batch_dim)
+
+    def remove(self) -> None:
+        """Removes the engine's hooks from the modules; the engine cannot be used afterwards."""
+        self._recorder.remove()
+
+    def _normalized_batch_dim(self, output: Tensor) -> int | None:
+        if self.batch_dim is None:
+            return None
+        dims = output.dim()
+        if not -dims <= self.batch_dim < dims:
+            raise ValueError(
+                f"`batch_dim={self.batch_dim}` must be a dimension of `output`, but `output` has "
+                f"shape {list(output.shape)}. Use `batch_dim=None` for losses without a batch "
+                "dimension."
+            )
+        return self.batch_dim % dims
+
+    def __repr__(self) -> str:
+        return f"Engine({len(self._parameters)} parameters, batch_dim={self.batch_dim})"
+
+
+def _check_call(call: ModuleCall, samples: int | None, batch_dim: int | None) -> None:
+    name = type(call.module).__name__
+    if call.modifies_inputs:
+        raise ValueError(
+            f"The module {name} modifies one of its inputs in place, so the `Engine` cannot "
+            "replay its call. Make its forward out of place."
+        )
+    if any(t._version != v for t, v in zip(call.input_tensors, call.input_versions, strict=True)):
+        raise ValueError(
+            f"An input of the module {name} was modified in place after the module was "
+            "called, so the `Engine` cannot replay its call. Use an out-of-place operation "
+            "(e.g. `torch.relu(x)` instead of `x.relu_()`) or clone the tensor before."
+        )
+    if samples is None:
+        return
+    shapes = [t.shape for t in call.input_tensors]
+    outputs = zip(call.output_shapes, call.output_edges, strict=True)
+    shapes += [shape for shape, edge in outputs if edge is not None]
+    for shape in shapes:
+        if len(shape) == 0 or shape[0] != samples:
+            raise ValueError(
+                f"With `batch_dim={batch_dim}` (batch size {samples}), every tensor given to or "
+                f"returned by a module of the engine must have the batch on its first dimension, "
+                f"but the module {name} got or returned a tensor of shape {list(shape)}. Use "
+                "`batch_dim=None`."
+            )
+
+
+def _output_gradients(
+    output: Tensor, calls: list[ModuleCall], batch_dim: int | None, rows: int
+) -> dict[ModuleCall, list[Tensor | None]]:
+    """Gradients ``[rows, *leaf.shape]`` of the losses w.r.t. every output of every call.
+
+    Row ``t`` is the gradient of the sum over the batch of the losses at position ``t`` of the
+    other dimensions (without a batch dimension, of the ``t``-th loss alone).
+    """
+    edges: list[GradientEdge] = []
+    index: dict[tuple[object, int], int] = {}
+    for call in calls:
+        for edge in call.output_edges:
+            if edge is not None and (edge.node, edge.output_nr) not in index:
+                index[(edge.node, edge.output_nr)] = len(edges)
+                edges.append(edge)
+    shape = output.shape
+    if rows == 1:
+        grad_outputs = torch.ones_like(output)
+    elif batch_dim is None:
+        grad_outputs = torch.eye(rows, dtype=output.dtype, device=output.device).reshape(
+            rows, *shape
+        )
+    else:
+        others = [size for d, size in enumerate(shape) if d != batch_dim]
+        identity = torch.eye(rows, dtype=output.dtype, device=output.device)
+        grad_outputs = (
+            identity.reshape(rows, *others).unsqueeze(1 + batch_dim).expand(rows, *shape)
+        ).contiguous()
+    gradients = torch.autograd.grad(
+        output,
+        edges,
+        grad_outputs,
+        retain_graph=True,
+        allow_unused=True,
+        is_grads_batched=rows > 1,
+    )
+    if rows == 1:
+        gradients = tuple(None if g is None else g.unsqueeze(0) for g in gradients)
+    deltas: dict[ModuleCall, list[Tensor | None]] = {}
+    for call in calls:
+        deltas[call] = [
+            None if edge is None else gradients[index[(edge.node, edge.output_nr)]]
+            for edge in call.output_edges
+        ]
+    return deltas
+
+
+def _groups_sharing_parameters(
+    calls: list[ModuleCall], used: dict[ModuleCall, list[tuple[str, nn.Parameter]]]
+) -> list[list[ModuleCall]]:
+    """Partitions ``calls`` so that calls using a common parameter are in the same group."""
+    group_of_parameter: dict[int, int] = {}
+    groups: dict[int, list[ModuleCall]] = {}
+    for call in calls:
+        targets = {group_of_parameter[id(p)] for _, p in used[call] if id(p) in group_of_parameter}
+        merged = [call]
+        for target in targets:
+            merged.extend(groups.pop(target))
+        key = id(call)
+        groups[key] = merged
+        for member in merged:
+            for _, parameter in used[member]:
+                group_of_parameter[id(parameter)] = key
+    return list(groups.values())

@@ -1,0 +1,163 @@
+"""Recording of the calls of the engine's modules during the forward pass."""
+
+from __future__ import annotations
+
+import weakref
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from torch.autograd.graph import GradientEdge, Node, get_gradient_edge
+from torch.utils._pytree import tree_flatten, tree_map
+from torch.utils.hooks import RemovableHandle
+
+
+@dataclass(eq=False)
+class ModuleCall:
+    """What the engine needs to know about one call of one module of the engine.
+
+    ``args`` and ``kwargs`` hold detached aliases of the call's inputs (they share the version
+    counters of the originals, so that later in-place modifications are detected). The outputs
+    are only known through their gradient edges (``output_edges[i]`` for the i-th leaf of the
+    output pytree, ``None`` for leaves that are not differentiable tensors): keeping edges
+    rather than tensors lets the output be modified in place after the call (the edge still
+    points at the value the module returned) and does not keep its memory alive.
+    """
+
+    module: nn.Module
+    parent: ModuleCall | None
+    versions_before: dict[int, int] = field(default_factory=dict)
+    args: tuple[Any, ...] = ()
+    kwargs: dict[str, Any] = field(default_factory=dict)
+    input_tensors: list[Tensor] = field(default_factory=list)
+    input_versions: list[int] = field(default_factory=list)
+    input_nodes: set[Node] = field(default_factory=set)
+    output_edges: list[GradientEdge | None] = field(default_factory=list)
+    output_shapes: list[torch.Size] = field(default_factory=list)
+    modifies_inputs: bool = False
+    complete: bool = False
+
+    @property
+    def effective_parent(self) -> ModuleCall | None:
+        """The innermost enclosing call whose outputs are known (incomplete ones are skipped)."""
+        parent = self.parent
+        while parent is not None and not parent.output_edges:
+            parent = parent.parent
+        return parent
+
+
+def _tensor_leaves(tree: Any) -> list[Tensor]:
+    return [leaf for leaf in tree_flatten(tree)[0] if isinstance(leaf, Tensor)]
+
+
+def _detach(value: Any) -> Any:
+    return value.detach() if isinstance(value, Tensor) else value
+
+
+class CallRecorder:
+    """Forward hooks that record, on each module, the calls made while gradients are enabled.
+
+    The hooks hold the recorder weakly: when the recorder is garbage-collected, they do nothing
+    and the recorder's finaliser removes them.
+    """
+
+    def __init__(self, modules: list[nn.Module]) -> None:
+        self.calls: list[ModuleCall] = []
+        self.enabled = True
+        self._stack: list[ModuleCall] = []
+        self._handles: list[RemovableHandle] = []
+        reference = weakref.ref(self)
+        for module in modules:
+            self._handles.append(
+                module.register_forward_pre_hook(_make_pre_hook(reference), with_kwargs=True)
+            )
+            self._handles.append(
+                module.register_forward_hook(_make_hook(reference), with_kwargs=True)
+            )
+        weakref.finalize(self, _remove_handles, list(self._handles))
+
+    def take_calls(self) -> list[ModuleCall]:
+        """Returns the complete calls recorded so far and forgets every record."""
+        calls = [call for call in self.calls if call.complete]
+        self.calls = []
+        self._stack = []
+        return calls
+
+    def remove(self) -> None:
+        """Removes the hooks and forgets every record."""
+        _remove_handles(self._handles)
+        self.take_calls()
+
+    def _should_record(self) -> bool:
+        return self.enabled and torch.is_grad_enabled()
+
+    def _on_call_start(self, module: nn.Module, args: Any, kwargs: Any) -> None:
+        if not self._should_record():
+            return
+        parent = self._stack[-1] if self._stack else None
+        call = ModuleCall(module=module, parent=parent)
+        call.versions_before = {id(t): t._version for t in _tensor_leaves((args, kwargs))}
+        self._stack.append(call)
+        self.calls.append(call)
+
+    def _on_call_end(self, module: nn.Module, args: Any, kwargs: Any, output: Any) -> None:
+        # Pop until this module's frame: frames left by a forward that raised are discarded.
+        call = None
+        while self._stack:
+            frame = self._stack.pop()
+            if frame.module is module:
+                call = frame
+                break
+        if call is None:
+            return
+        inputs = _tensor_leaves((args, kwargs))
+        call.args = tree_map(_detach, tuple(args))
+        call.kwargs = tree_map(_detach, dict(kwargs))
+        call.input_tensors = [t.detach() for t in inputs]
+        call.input_versions = [t._version for t in inputs]
+        call.modifies_inputs = any(
+            call.versions_before.get(id(t), t._version) != t._version for t in inputs
+        )
+        call.input_nodes = {get_gradient_edge(t).node for t in inputs if t.requires_grad}
+        for leaf in tree_flatten(output)[0]:
+            edge = None
+            if isinstance(leaf, Tensor):
+                call.output_shapes.append(leaf.shape)
+                if leaf.requires_grad:
+                    edge = get_gradient_edge(leaf)
+                    if edge.node in call.input_nodes:
+                        edge = None  # An input passed through unchanged: not produced here.
+            else:
+                call.output_shapes.append(torch.Size())
+            call.output_edges.append(edge)
+        if all(edge is None for edge in call.output_edges):
+            call.output_edges = []
+        call.complete = True
+
+
+HookRef = weakref.ReferenceType[CallRecorder]
+
+
+def _make_pre_hook(reference: HookRef) -> Callable[[nn.Module, Any, Any], None]:
+    def pre_hook(module: nn.Module, args: Any, kwargs: Any) -> None:
+        recorder = reference()
+        if recorder is not None:
+            recorder._on_call_start(module, args, kwargs)
+
+    return pre_hook
+
+
+def _make_hook(reference: HookRef) -> Callable[[nn.Module, Any, Any, Any], None]:
+    def hook(module: nn.Module, args: Any, kwargs: Any, output: Any) -> None:
+        recorder = reference()
+        if recorder is not None:
+            recorder._on_call_end(module, args, kwargs, output)
+
+    return hook
+
+
+def _remove_handles(handles: list[RemovableHandle]) -> None:
+    for handle in handles:
+        handle.remove()
