@@ -26,13 +26,14 @@ class AlignedMTLWeighting(Weighting):
     r"""Weights of Aligned-MTL: :math:`w = B p` with
     :math:`B = \sqrt{s}\, V_k \Lambda_k^{-1/2} V_k^\top`.
 
-    :math:`G = V \Lambda V^\top` is the eigendecomposition of the Gramian; the kept eigenpairs
-    :math:`(V_k, \Lambda_k)` are those with :math:`\lambda > \max(\lambda) \cdot m \cdot
-    \varepsilon` (``ε`` the machine epsilon of the dtype), and :math:`B = I` when none is kept.
+    :math:`G = V \Lambda V^\top` is the eigendecomposition of the Gramian (in float64); the kept
+    eigenpairs :math:`(V_k, \Lambda_k)` are those with
+    :math:`\lambda > \max(\lambda) \cdot m \cdot \varepsilon` (``ε`` the machine epsilon of the
+    Gramian's dtype), and :math:`B = I` when none is kept.
     The scale ``s`` is the smallest (``"min"``), the median (``"median"``, the lower one for an
     even count, as :func:`torch.median`) or the mean (``"rmse"``) of the kept eigenvalues. For
-    ``G = J Jᵀ``, :math:`B^\top J` has orthogonal rows of equal norm :math:`\sqrt{s}` on the
-    span of the kept components: the principal components of the Jacobian are aligned. From
+    ``G = J Jᵀ``, the Gramian of :math:`B J` is :math:`s V_k V_k^\top`: every kept principal
+    component of the Jacobian gets the same magnitude :math:`\sqrt{s}` (they are aligned). From
     `Independent Component Alignment for Multi-Task Learning <https://arxiv.org/abs/2305.19000>`_
     (Senushkin et al., CVPR 2023).
 
@@ -62,10 +63,13 @@ class AlignedMTLWeighting(Weighting):
         pref_vector = resolve_pref_vector(self.pref_vector, gramian, 1.0 / max(m, 1))
         if m == 0:
             return pref_vector
+        # float64: the inverse square roots amplify the eigensolver's error on small eigenvalues.
+        gram = gramian.to(torch.float64)
         # Guard the eigendecomposition against non-finite input without a host sync.
-        finite = torch.isfinite(gramian).all()
-        safe_gramian = torch.where(finite, gramian, torch.zeros_like(gramian))
-        eigenvalues, eigenvectors = torch.linalg.eigh(safe_gramian)  # ascending eigenvalues
+        finite = torch.isfinite(gram).all()
+        safe_gram = torch.where(finite, gram, torch.zeros_like(gram))
+        eigenvalues, eigenvectors = torch.linalg.eigh(safe_gram)  # ascending eigenvalues
+        # The precision in which G was computed decides which eigenvalues are rounding noise.
         threshold = eigenvalues[-1] * m * torch.finfo(gramian.dtype).eps
         kept = eigenvalues > threshold
         n_kept = kept.sum()
@@ -74,10 +78,11 @@ class AlignedMTLWeighting(Weighting):
         inverse_roots = torch.where(kept, safe_eigenvalues.rsqrt(), torch.zeros_like(eigenvalues))
         scale = torch.where(n_kept > 0, self._scale(safe_eigenvalues, kept, n_kept), 1.0)
         basis = scale.sqrt() * (eigenvectors * inverse_roots) @ eigenvectors.T
-        identity = torch.eye(m, device=gramian.device, dtype=gramian.dtype)
+        identity = torch.eye(m, device=gram.device, dtype=gram.dtype)
         basis = torch.where(n_kept > 0, basis, identity)
-        weights = basis @ pref_vector
-        return torch.where(finite, weights, torch.full_like(weights, float("nan")))
+        weights = basis @ pref_vector.to(gram.dtype)
+        weights = torch.where(finite, weights, torch.full_like(weights, float("nan")))
+        return weights.to(gramian.dtype)
 
     def _scale(self, safe_eigenvalues: Tensor, kept: Tensor, n_kept: Tensor) -> Tensor:
         """The statistic ``s`` of the kept eigenvalues (the largest ``n_kept`` ones)."""

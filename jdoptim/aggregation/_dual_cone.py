@@ -19,9 +19,12 @@ DualConeSolver = Callable[[Tensor, Tensor], Tensor]
 
 _Array = NDArray[np.float64]
 
-# Jitters tried, relative to the largest diagonal entry, when the Gramian is not numerically
-# positive definite for quadprog; the last one always succeeds (G + I is well conditioned).
-_JITTERS = (0.0, 1e-12, 1e-9, 1e-6, 1e-3, 1.0)
+# Jitters added to G (scaled to max(diag G) = 1) when it is too ill-conditioned to be inverted
+# accurately; the last one always succeeds, G + I being well conditioned. UPGrad and DualProj's
+# regularised Gramians (condition ≲ m / reg_eps) never need one.
+_JITTERS = (0.0, 1e-12, 1e-10, 1e-8, 1e-6, 1e-4, 1e-2, 1.0)
+# Above this condition number (1-norm), G⁻¹ loses more than about 6 of float64's 16 digits.
+_MAX_CONDITION = 1e10
 
 
 def _solve_with_quadprog(gramian: Tensor, lower_bounds: Tensor) -> Tensor:
@@ -69,11 +72,14 @@ def _solve_rows(gramian: _Array, lower_bounds: _Array) -> _Array:
     zeros = np.zeros(m)
     last_error: ValueError | None = None
     for jitter in _JITTERS:
+        jittered = gramian + jitter * identity
         try:
-            cholesky = np.linalg.cholesky(gramian + jitter * identity)
-            inverse_cholesky = np.linalg.inv(cholesky)
+            inverse_cholesky = np.linalg.inv(np.linalg.cholesky(jittered))
             inverse = inverse_cholesky.T @ inverse_cholesky
             inverse = (inverse + inverse.T) / 2.0
+            condition = np.abs(jittered).sum(axis=0).max() * np.abs(inverse).sum(axis=0).max()
+            if jitter < _JITTERS[-1] and not condition <= _MAX_CONDITION:
+                continue
             # quadprog takes the dual Hessian G⁻¹ = RᵀR factorised, as the upper triangular R⁻¹.
             inverse_factor = np.linalg.inv(np.linalg.cholesky(inverse)).T
             multipliers = np.stack(

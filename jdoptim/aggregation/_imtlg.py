@@ -18,8 +18,8 @@ class IMTLGWeighting(Weighting):
     For ``G = J Jᵀ``, :math:`J^\top w` has the same projection on every normalised row
     :math:`g_i / \lVert g_i \rVert` (when the rows are linearly independent). The weights are
     zero when :math:`|\sum_i v_i| < 10^{-12}`, so an all-zero Gramian gives zeros, never NaN.
-    A non-finite Gramian gives NaN weights. From `Towards Impartial Multi-task Learning
-    <https://openreview.net/forum?id=IMPnRXEWpvr>`_ (Liu et al., ICLR 2021).
+    Computed in float64; a non-finite Gramian gives NaN weights. From `Towards Impartial
+    Multi-task Learning <https://openreview.net/forum?id=IMPnRXEWpvr>`_ (Liu et al., ICLR 2021).
 
     Not differentiable: backpropagating through the weights raises
     :class:`~jdoptim.aggregation.NonDifferentiableError`.
@@ -34,16 +34,18 @@ class IMTLGWeighting(Weighting):
     differentiable = False
 
     def forward(self, gramian: Tensor, /) -> Tensor:
+        gram = gramian.to(torch.float64)
         # Guard the decomposition inside pinv against non-finite input without a host sync.
-        finite = torch.isfinite(gramian).all()
-        safe_gramian = torch.where(finite, gramian, torch.zeros_like(gramian))
-        norms = safe_gramian.diagonal().clamp(min=0.0).sqrt()
-        v = torch.linalg.pinv(safe_gramian, hermitian=True) @ norms
+        finite = torch.isfinite(gram).all()
+        safe_gram = torch.where(finite, gram, torch.zeros_like(gram))
+        norms = safe_gram.diagonal().clamp(min=0.0).sqrt()
+        v = torch.linalg.pinv(safe_gram, hermitian=True) @ norms
         total = v.sum()
         negligible = total.abs() < _SUM_EPS
         safe_total = torch.where(negligible, torch.ones_like(total), total)
         weights = torch.where(negligible, torch.zeros_like(v), v / safe_total)
-        return torch.where(finite, weights, torch.full_like(weights, float("nan")))
+        weights = torch.where(finite, weights, torch.full_like(weights, float("nan")))
+        return weights.to(gramian.dtype)
 
 
 class IMTLG(GramianWeightedAggregator):

@@ -1,0 +1,190 @@
+"""The dual-cone QP ``v = argmin vᵀGv s.t. v ≥ u`` behind UPGrad and DualProj."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import quadprog
+import torch
+from torch import Tensor
+
+from jdoptim.aggregation._dual_cone import solve_dual_cone
+
+
+def _regularized_gramian(jacobian: Tensor, reg_eps: float = 1e-4) -> Tensor:
+    gramian = jacobian @ jacobian.T
+    identity = torch.eye(gramian.shape[0], dtype=gramian.dtype)
+    return gramian / gramian.trace() + reg_eps * identity
+
+
+def _random_jacobian(m: int, n: int, kind: str) -> Tensor:
+    jacobian = torch.randn(m, n, dtype=torch.float64)
+    if kind == "rank_deficient":
+        rank = max(1, min(m, n) // 2)
+        jacobian = torch.randn(m, rank, dtype=torch.float64) @ torch.randn(rank, n).double()
+    elif kind == "badly_scaled":
+        jacobian = jacobian * torch.logspace(-10, 15, m, dtype=torch.float64)[:, None]
+    elif kind == "shared_direction":
+        jacobian = jacobian + 3 * torch.randn(n, dtype=torch.float64)
+    return jacobian
+
+
+def _assert_kkt(gramian: Tensor, lower_bounds: Tensor, solutions: Tensor, atol: float) -> None:
+    """Checks the optimality conditions: v ≥ u, Gv ≥ 0, and (Gv)_j = 0 where v_j > u_j."""
+    products = solutions @ gramian  # row i is (G v_i)ᵀ, G being symmetric
+    assert (solutions >= lower_bounds - atol).all()
+    assert (products >= -atol).all()
+    free = solutions > lower_bounds + 1e-7
+    assert (products[free].abs() <= atol).all()
+
+
+@pytest.mark.parametrize("m", [1, 2, 3, 5, 8, 13, 21, 32])
+@pytest.mark.parametrize("kind", ["gaussian", "rank_deficient", "badly_scaled", "shared_direction"])
+def test_solutions_satisfy_the_kkt_conditions(m: int, kind: str) -> None:
+    gramian = _regularized_gramian(_random_jacobian(m, 2 * m + 1, kind))
+    lower_bounds = torch.diag(torch.rand(m, dtype=torch.float64))
+
+    solutions = solve_dual_cone(gramian, lower_bounds, "quadprog")
+
+    assert solutions.shape == (m, m)
+    _assert_kkt(gramian, lower_bounds, solutions, atol=1e-10)
+
+
+@pytest.mark.parametrize("m", [1, 4, 16, 32])
+def test_matches_the_primal_problem_solved_by_quadprog(m: int) -> None:
+    gramian = _regularized_gramian(_random_jacobian(m, m + 3, "gaussian"))
+    lower_bounds = torch.randn(3, m, dtype=torch.float64)
+
+    solutions = solve_dual_cone(gramian, lower_bounds, "quadprog")
+
+    expected = np.stack(
+        [
+            quadprog.solve_qp(gramian.numpy(), np.zeros(m), np.eye(m), bound)[0]
+            for bound in lower_bounds.numpy()
+        ]
+    )
+    np.testing.assert_allclose(solutions.numpy(), expected, atol=1e-9)
+
+
+def test_known_two_dimensional_solution() -> None:
+    # Two unit gradients at 120°: projecting g1 onto the dual cone adds half of g2.
+    gramian = torch.tensor([[1.0, -0.5], [-0.5, 1.0]], dtype=torch.float64)
+
+    solutions = solve_dual_cone(gramian, torch.eye(2, dtype=torch.float64), "quadprog")
+
+    torch.testing.assert_close(
+        solutions, torch.tensor([[1.0, 0.5], [0.5, 1.0]], dtype=torch.float64)
+    )
+
+
+def test_non_conflicting_lower_bound_is_its_own_solution() -> None:
+    gramian = torch.tensor([[2.0, 1.0], [1.0, 3.0]], dtype=torch.float64)
+    lower_bounds = torch.tensor([[0.3, 0.7]], dtype=torch.float64)
+
+    assert torch.equal(solve_dual_cone(gramian, lower_bounds, "quadprog"), lower_bounds)
+
+
+def test_scaled_identity_gives_the_positive_part_of_the_bounds() -> None:
+    gramian = 1e-4 * torch.eye(3, dtype=torch.float64)
+    lower_bounds = torch.tensor([[0.5, -1.0, 2.0]], dtype=torch.float64)
+
+    solutions = solve_dual_cone(gramian, lower_bounds, "quadprog")
+
+    torch.testing.assert_close(solutions, torch.tensor([[0.5, 0.0, 2.0]], dtype=torch.float64))
+
+
+def test_single_objective() -> None:
+    gramian = torch.tensor([[4.0]])
+
+    solutions = solve_dual_cone(gramian, torch.tensor([[0.5], [-2.0]]), "quadprog")
+
+    assert torch.equal(solutions, torch.tensor([[0.5], [0.0]]))
+
+
+def test_zero_gramian_gives_the_positive_part_of_the_bounds() -> None:
+    solutions = solve_dual_cone(torch.zeros(2, 2), torch.tensor([[1.0, -1.0]]), "quadprog")
+
+    assert torch.equal(solutions, torch.tensor([[1.0, 0.0]]))
+
+
+def test_singular_gramian_is_solved() -> None:
+    # Two opposite gradients: G is singular, and only v ∝ (1, 1) avoids the conflict.
+    gramian = torch.tensor([[1.0, -1.0], [-1.0, 1.0]], dtype=torch.float64)
+    lower_bounds = torch.tensor([[1.0, 0.0]], dtype=torch.float64)
+
+    solutions = solve_dual_cone(gramian, lower_bounds, "quadprog")
+
+    torch.testing.assert_close(solutions, torch.tensor([[1.0, 1.0]], dtype=torch.float64))
+
+
+def test_ill_conditioned_gramian_satisfies_the_kkt_conditions() -> None:
+    jacobian = torch.randn(6, 6, dtype=torch.float64)
+    jacobian[5] = jacobian[4] + 1e-9 * torch.randn(6, dtype=torch.float64)
+    gramian = jacobian @ jacobian.T
+    lower_bounds = torch.eye(6, dtype=torch.float64)
+
+    solutions = solve_dual_cone(gramian, lower_bounds, "quadprog")
+
+    scale = gramian.diagonal().max().item()
+    _assert_kkt(gramian, lower_bounds, solutions, atol=1e-6 * scale)
+
+
+def test_huge_gramian_entries_are_solved() -> None:
+    gramian = torch.tensor([[1.0, -0.5], [-0.5, 1.0]], dtype=torch.float64) * 1e300
+
+    solutions = solve_dual_cone(gramian, torch.eye(2, dtype=torch.float64), "quadprog")
+
+    torch.testing.assert_close(
+        solutions, torch.tensor([[1.0, 0.5], [0.5, 1.0]], dtype=torch.float64)
+    )
+
+
+@pytest.mark.parametrize("bad_value", [float("nan"), float("inf"), -float("inf")])
+def test_non_finite_gramian_gives_nan(bad_value: float) -> None:
+    gramian = torch.eye(3)
+    gramian[0, 1] = bad_value
+
+    solutions = solve_dual_cone(gramian, torch.eye(3), "quadprog")
+
+    assert solutions.shape == (3, 3)
+    assert solutions.isnan().all()
+
+
+def test_non_finite_lower_bounds_give_nan() -> None:
+    solutions = solve_dual_cone(torch.eye(2), torch.tensor([[float("nan"), 1.0]]), "quadprog")
+
+    assert solutions.isnan().all()
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_output_has_the_dtype_and_device_of_the_gramian(dtype: torch.dtype) -> None:
+    gramian = torch.tensor([[1.0, -0.5], [-0.5, 1.0]], dtype=dtype)
+
+    solutions = solve_dual_cone(gramian, torch.eye(2, dtype=torch.float64), "quadprog")
+
+    assert solutions.dtype == dtype
+    assert solutions.device == gramian.device
+
+
+def test_no_lower_bounds_gives_an_empty_result() -> None:
+    assert solve_dual_cone(torch.eye(3), torch.zeros(0, 3), "quadprog").shape == (0, 3)
+
+
+def test_unknown_solver_is_rejected() -> None:
+    with pytest.raises(ValueError, match="solver"):
+        solve_dual_cone(torch.eye(2), torch.eye(2), "cvxpy")
+
+
+def test_non_string_solver_is_rejected() -> None:
+    with pytest.raises(TypeError, match="solver"):
+        solve_dual_cone(torch.eye(2), torch.eye(2), 1)  # type: ignore[arg-type]
+
+
+def test_non_square_gramian_is_rejected() -> None:
+    with pytest.raises(ValueError, match=r"gramian.*\[2, 3\]"):
+        solve_dual_cone(torch.zeros(2, 3), torch.eye(2), "quadprog")
+
+
+def test_lower_bounds_of_the_wrong_width_are_rejected() -> None:
+    with pytest.raises(ValueError, match=r"lower_bounds.*\[2, 3\]"):
+        solve_dual_cone(torch.eye(2), torch.zeros(2, 3), "quadprog")
