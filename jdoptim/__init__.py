@@ -4,8 +4,18 @@ Train one model on several losses at once: compute the Jacobian of the losses (o
 Gramian) and aggregate it into one update that does not sacrifice any objective.
 """
 
-from . import aggregation
+from . import aggregation, autogram, autojac
+from ._deprecated import backward, mtl_backward
+from .optim import JacobianOptimizer, NonFiniteGradientError
 
 __version__ = "0.1.0.dev0"
 
-__all__ = ["aggregation"]
+__all__ = [
+    "JacobianOptimizer",
+    "NonFiniteGradientError",
+    "aggregation",
+    "autogram",
+    "autojac",
+    "backward",
+    "mtl_backward",
+]
