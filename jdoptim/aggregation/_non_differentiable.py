@@ -45,5 +45,5 @@ def make_non_differentiable(tensor: Tensor, name: str) -> Tensor:
     """Returns ``tensor`` unchanged, but raising :class:`NonDifferentiableError` on backward."""
     if not tensor.requires_grad:
         return tensor
-    result: Tensor = _RaiseOnBackward.apply(tensor, name)
+    result: Tensor = _RaiseOnBackward.apply(tensor, name)  # type: ignore[no-untyped-call]
     return result
