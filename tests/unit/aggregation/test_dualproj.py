@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import Tensor
 
-from jdoptim.aggregation import NonDifferentiableError, DualProj, DualProjWeighting
+from jdoptim.aggregation import DualProj, DualProjWeighting, NonDifferentiableError
 
 REFERENCE_JACOBIAN = torch.tensor([[-4.0, 1.0, 1.0], [6.0, 1.0, 1.0]])
 
