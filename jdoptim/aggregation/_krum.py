@@ -49,12 +49,13 @@ class KrumWeighting(Weighting):
         if m < self.n_byzantine + 3:
             raise ValueError(
                 f"`n_byzantine` = {self.n_byzantine} requires at least n_byzantine + 3 = "
-                f"{self.n_byzantine + 3} rows, but got a Gramian of shape {list(gramian.shape)}."
+                f"{self.n_byzantine + 3} rows, but got m = {m} (a Gramian of shape "
+                f"{list(gramian.shape)})."
             )
         if m < self.n_selected:
             raise ValueError(
-                f"`n_selected` = {self.n_selected} requires at least as many rows, but got a "
-                f"Gramian of shape {list(gramian.shape)}."
+                f"`n_selected` = {self.n_selected} requires at least as many rows, but got "
+                f"m = {m} (a Gramian of shape {list(gramian.shape)})."
             )
         diagonal = gramian.diagonal()
         distances = (diagonal[:, None] + diagonal[None, :] - 2.0 * gramian).clamp(min=0.0)
