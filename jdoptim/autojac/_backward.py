@@ -16,6 +16,7 @@ from ._engine import (
     check_outputs,
     check_parallel_chunk_size,
     compute_jacobians,
+    get_jac,
     leaves_in_order_of_first_use,
     number_of_rows,
 )
@@ -92,7 +93,8 @@ def backward(
         check_accumulable(input_list, "inputs")
         check_no_duplicates(input_list, "inputs")
     check_jac_rows(input_list, number_of_rows(outputs, multipliers), "inputs")
+    fresh = all(get_jac(input) is None for input in input_list)
     jacobians = compute_jacobians(
-        outputs, input_list, multipliers, retain_graph, parallel_chunk_size
+        outputs, input_list, multipliers, retain_graph, parallel_chunk_size, shared_buffer=fresh
     )
     accumulate_jacs(input_list, jacobians)

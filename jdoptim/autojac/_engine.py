@@ -293,14 +293,18 @@ def compute_jacobians(
     jac_outputs: Sequence[Tensor] | None,
     retain_graph: bool,
     parallel_chunk_size: int | None,
+    shared_buffer: bool = False,
 ) -> list[Tensor]:
     """Rows of ``jac_outputs · J`` (or of ``J`` itself) for each input, shape ``[m, *input.shape]``.
 
     Rows are computed ``parallel_chunk_size`` at a time by one vectorised backward pass
     (``is_grads_batched=True``); a chunk of one row uses a plain backward pass, without vmap. The
-    graph is kept until the last chunk. Results of several chunks are written into one
-    preallocated tensor per input, so the Jacobian is never held twice; each returned tensor is
-    contiguous and owns its memory (it aliases neither a seed nor another result).
+    graph is kept until the last chunk. Results of several chunks are written into preallocated
+    tensors, so the Jacobian is never held twice; no returned tensor aliases a seed or another
+    result. With one chunk the results are autograd's own tensors (made contiguous). With several
+    chunks, they are one contiguous tensor per input, or, with ``shared_buffer`` (and inputs of
+    one dtype and device), views of consecutive column blocks of one ``[m, N]`` matrix, which
+    :func:`jac_to_grad` then aggregates without copying.
     """
     m = number_of_rows(outputs, jac_outputs)
     if m == 0:
@@ -329,7 +333,7 @@ def compute_jacobians(
             results = _own(grads, inputs, m, protected)
         else:
             if start == 0:
-                results = [input.new_empty((m, *input.shape)) for input in inputs]
+                results = _preallocate(inputs, m, shared_buffer)
             for result, grad in zip(results, grads, strict=True):
                 if grad is None:
                     result[start:stop].zero_()
@@ -337,6 +341,46 @@ def compute_jacobians(
                     result[start:stop].copy_(grad.reshape(stop - start, *result.shape[1:]))
         del grads
     return results
+
+
+def _preallocate(inputs: Sequence[Tensor], m: int, shared_buffer: bool) -> list[Tensor]:
+    """Empty Jacobians ``[m, *input.shape]``: views of one ``[m, N]`` matrix if possible."""
+    if not shared_buffer or len({(input.dtype, input.device) for input in inputs}) != 1:
+        return [input.new_empty((m, *input.shape)) for input in inputs]
+    sizes = [input.numel() for input in inputs]
+    matrix = inputs[0].new_empty((m, sum(sizes)))
+    blocks: list[Tensor] = []
+    offset = 0
+    for input, size in zip(inputs, sizes, strict=True):
+        blocks.append(matrix[:, offset : offset + size].view(m, *input.shape))
+        offset += size
+    return blocks
+
+
+def as_one_matrix(jacobians: Sequence[Tensor]) -> Tensor | None:
+    """The ``[m, N]`` matrix of which ``jacobians`` are consecutive column blocks, if there is one.
+
+    This is the layout produced by :func:`_preallocate` (and by ``jac_to_grad(retain_jac=True)``):
+    the matrix is then a view, with no copy. Returns None for any other layout.
+    """
+    m = jacobians[0].shape[0]
+    sizes = [jacobian[0].numel() if m > 0 else 0 for jacobian in jacobians]
+    total = sum(sizes)
+    if m == 0 or total == 0:
+        return None
+    first = jacobians[0]
+    storage = _storage_key(first)
+    offset = first.storage_offset()
+    for jacobian, size in zip(jacobians, sizes, strict=True):
+        if (
+            _storage_key(jacobian) != storage
+            or jacobian.storage_offset() != offset
+            or (m > 1 and jacobian.stride(0) != total)
+            or not jacobian[0].is_contiguous()
+        ):
+            return None
+        offset += size
+    return first.as_strided((m, total), (total, 1), first.storage_offset())
 
 
 def _own(

@@ -11,6 +11,7 @@ from ..aggregation._bases import Aggregator
 from ..aggregation._weights import aggregate_with_weights
 from ._engine import (
     accumulate_grads,
+    as_one_matrix,
     as_tensors,
     check_no_duplicates,
     delete_jac,
@@ -39,9 +40,12 @@ def jac_to_grad(
     one call per group. ``.grad`` is written only once the aggregation has succeeded: if it
     raises, every ``.grad`` and ``.jac`` is left as it was.
 
-    To keep the peak memory near one copy of the Jacobian, each ``.jac`` is replaced by a view
-    into :math:`J` as soon as it is copied there (which frees the original unless something else
-    references it); with ``retain_jac=True`` the ``.jac`` fields stay such views.
+    The peak memory stays near one copy of the Jacobian: when the ``.jac`` fields are consecutive
+    column blocks of one matrix (as :func:`backward` with a ``parallel_chunk_size`` smaller than
+    ``m`` produces them), that matrix is aggregated without any copy; otherwise each ``.jac`` is
+    replaced by a view into :math:`J` as soon as it is copied there, which frees the original
+    unless something else references it. With ``retain_jac=True`` the ``.jac`` fields stay such
+    views.
 
     Args:
         tensors: the tensor or iterable of tensors (e.g. ``model.parameters()``) whose ``.jac``
@@ -80,7 +84,10 @@ def jac_to_grad(
     m = jacobians[0].shape[0]
     sizes = [tensor.numel() for tensor in tensor_list]
 
-    if len(tensor_list) == 1:
+    one_matrix = as_one_matrix(jacobians)
+    if one_matrix is not None:
+        matrix = one_matrix  # the .jac are column blocks of one matrix: no copy
+    elif len(tensor_list) == 1:
         matrix = jacobians[0].reshape(m, -1)
     else:
         matrix = jacobians[0].new_empty((m, sum(sizes)))

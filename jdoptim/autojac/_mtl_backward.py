@@ -18,6 +18,7 @@ from ._engine import (
     check_outputs,
     check_parallel_chunk_size,
     compute_jacobians,
+    get_jac,
     leaves_in_order_of_first_use,
     own,
     storage_keys,
@@ -173,7 +174,14 @@ def mtl_backward(
     del feature_grads
 
     jacobians = (
-        compute_jacobians(feature_list, shared, jac_features, retain_graph, parallel_chunk_size)
+        compute_jacobians(
+            feature_list,
+            shared,
+            jac_features,
+            retain_graph,
+            parallel_chunk_size,
+            shared_buffer=all(get_jac(param) is None for param in shared),
+        )
         if shared
         else []
     )

@@ -86,14 +86,15 @@ def test_several_tensors_of_several_shapes(parallel_chunk_size) -> None:
     assert_jacs([x, w], expected)
 
 
-def test_second_call_accumulates() -> None:
+@pytest.mark.parametrize("parallel_chunk_size", CHUNK_SIZES)
+def test_second_call_accumulates(parallel_chunk_size) -> None:
     model = mlp().double()
     params = list(model.parameters())
     inputs = torch.randn(2, 5, dtype=torch.float64)
     expected = explicit_jacobians([model(inputs)], params)
 
-    backward(model(inputs))
-    backward(model(inputs))
+    backward(model(inputs), parallel_chunk_size=parallel_chunk_size)
+    backward(model(inputs), parallel_chunk_size=parallel_chunk_size)
 
     assert_jacs(params, [2 * e for e in expected])
 

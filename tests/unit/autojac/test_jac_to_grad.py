@@ -248,3 +248,40 @@ def test_error_not_an_aggregator() -> None:
     backward(a * 2)
     with pytest.raises(TypeError, match="`aggregator`"):
         jac_to_grad([a], lambda matrix: matrix.mean(0))  # type: ignore[arg-type]
+
+
+def test_jacobians_of_chunked_backward_are_aggregated_without_copy() -> None:
+    model = mlp().double()
+    x = torch.randn(M, 5, dtype=torch.float64)
+    backward(model(x).square().sum(dim=1), parallel_chunk_size=3)
+    storage = model[0].weight.jac.untyped_storage().data_ptr()
+    matrix = torch.cat([p.jac.reshape(M, -1) for p in model.parameters()], dim=1)
+    seen: list[int] = []
+    aggregator = Mean()
+    aggregator.register_forward_pre_hook(
+        lambda _, args: seen.append(args[0].untyped_storage().data_ptr())
+    )
+
+    jac_to_grad(model.parameters(), aggregator, retain_jac=True)
+
+    assert seen == [storage]
+    for param, grad in zip(model.parameters(), split(matrix.mean(0), model), strict=True):
+        torch.testing.assert_close(param.grad, grad, rtol=1e-12, atol=1e-12)
+        assert param.jac.untyped_storage().data_ptr() == storage
+
+
+def test_two_groups_of_one_chunked_backward() -> None:
+    model = mlp().double()
+    x = torch.randn(M, 5, dtype=torch.float64)
+    backward(model(x).square().sum(dim=1), parallel_chunk_size=2)
+    matrix = torch.cat([p.jac.reshape(M, -1) for p in model.parameters()], dim=1)
+    params = list(model.parameters())
+    split_at = sum(p.numel() for p in params[2:])
+
+    jac_to_grad(params[2:], Sum())
+    jac_to_grad(params[:2], UPGrad())
+
+    first_size = matrix.shape[1] - split_at
+    expected = torch.cat([UPGrad()(matrix[:, :first_size]), Sum()(matrix[:, first_size:])])
+    for param, grad in zip(params, split(expected, model), strict=True):
+        torch.testing.assert_close(param.grad, grad, rtol=1e-10, atol=1e-12)
