@@ -803,9 +803,16 @@ class JacobianOptimizer(Optimizer):
                 if not block.params:
                     continue
                 aggregator = self._aggregator_of(block.group_index)
-                update, weights[block.group_index], gramians[block.group_index] = _aggregate(
-                    aggregator, matrix, self.record_gramians
-                )
+                try:
+                    update, weights[block.group_index], gramians[block.group_index] = _aggregate(
+                        aggregator, matrix, self.record_gramians
+                    )
+                except ValueError as error:
+                    raise ValueError(
+                        f"The aggregator {aggregator} of parameter group {block.group_index} "
+                        f"rejected the Jacobian of shape {list(matrix.shape)} (one row per loss): "
+                        f"{error}"
+                    ) from error
                 if update.shape != (matrix.shape[1],):
                     raise ValueError(
                         f"`aggregator` {aggregator} must return a vector of shape "
