@@ -45,6 +45,11 @@ def backward(
 
     Inputs that ``tensors`` do not depend on receive an all-zero Jacobian.
 
+    Memory: besides the graph, the peak is the Jacobian itself plus, when computed in chunks of
+    ``c < m`` rows, one chunk (a fraction ``c / m`` of it); the identity seed is built one chunk
+    at a time. With chunks, the new ``.jac`` fields are views of consecutive column blocks of one
+    ``[m, N]`` matrix, which :func:`jac_to_grad` aggregates without copying.
+
     .. note::
         ``.jac`` is a plain Python attribute set on the tensor (``param.jac``); delete it with
         ``del param.jac``. Non-leaf tensors on which ``retain_grad()`` was called receive a
