@@ -62,7 +62,7 @@ def mtl_backward(
     features: Tensor | Sequence[Tensor],
     *,
     grad_tensors: Tensor | Sequence[Tensor] | None = None,
-    tasks_params: Sequence[Iterable[Tensor]] | None = None,
+    tasks_params: Iterable[Iterable[Tensor]] | None = None,
     shared_params: Iterable[Tensor] | None = None,
     retain_graph: bool = False,
     parallel_chunk_size: int | None = None,

@@ -31,7 +31,7 @@ def mtl_backward(
     features: Tensor | Sequence[Tensor],
     *,
     grad_tensors: Tensor | Sequence[Tensor] | None = None,
-    tasks_params: Sequence[Iterable[Tensor]] | None = None,
+    tasks_params: Iterable[Iterable[Tensor]] | None = None,
     shared_params: Iterable[Tensor] | None = None,
     retain_graph: bool = False,
     parallel_chunk_size: int | None = None,
@@ -136,13 +136,18 @@ def mtl_backward(
             [leaf for leaf in leaves if id(leaf) not in shared_ids] for leaves in direct_leaves
         ]
     else:
-        if isinstance(tasks_params, Tensor) or len(tasks_params) != len(losses):
-            count = "a tensor" if isinstance(tasks_params, Tensor) else len(tasks_params)
+        if isinstance(tasks_params, Tensor) or not isinstance(tasks_params, Iterable):
+            raise TypeError(
+                "`tasks_params` must be a sequence of iterables of parameters, one per loss, but "
+                f"got {type(tasks_params).__name__}."
+            )
+        task_list = list(tasks_params)
+        if len(task_list) != len(losses):
             raise ValueError(
                 f"`tasks_params` must contain one iterable of parameters per loss ({len(losses)}), "
-                f"but got {count}."
+                f"but got {len(task_list)}."
             )
-        tasks = [as_tensors(params, "tasks_params") for params in tasks_params]
+        tasks = [as_tensors(params, "tasks_params") for params in task_list]
         for params in tasks:
             check_accumulable(params, "tasks_params")
             check_no_duplicates(params, "tasks_params")

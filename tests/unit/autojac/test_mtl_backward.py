@@ -81,7 +81,7 @@ def test_explicit_params_match_defaults() -> None:
     mtl_backward(
         losses,
         features,
-        tasks_params=[head.parameters() for head in model.heads],
+        tasks_params=(head.parameters() for head in model.heads),
         shared_params=model.trunk.parameters(),
     )
 
@@ -247,6 +247,13 @@ def test_error_tasks_params_of_wrong_length() -> None:
     features, losses = model(batch())
     with pytest.raises(ValueError, match="`tasks_params`"):
         mtl_backward(losses, features, tasks_params=[head.parameters() for head in model.heads[:2]])
+
+
+def test_error_tasks_params_a_tensor() -> None:
+    model = make_model()
+    features, losses = model(batch())
+    with pytest.raises(TypeError, match="`tasks_params`"):
+        mtl_backward(losses, features, tasks_params=model.heads[0].weight)
 
 
 def test_error_shared_param_not_a_leaf() -> None:
