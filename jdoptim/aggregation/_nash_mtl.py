@@ -177,7 +177,7 @@ class NashMTL(Aggregator):
                 f"{list(self.weights.shape)})."
             )
         if int(self.step) % self.update_weights_every == 0:
-            gramian = (matrix @ matrix.T).to(device="cpu", dtype=torch.float64).numpy()
+            gramian = (matrix @ matrix.T).to(device="cpu", dtype=torch.float64).numpy(force=True)
             if not np.isfinite(gramian).all():
                 # Let the caller (e.g. GradScaler) see the non-finite input; keep the state.
                 return torch.full_like(matrix[0], float("nan"))
