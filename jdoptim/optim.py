@@ -15,10 +15,11 @@ from torch.optim import Optimizer
 from .aggregation import Aggregator, Flattening, GeneralizedWeighting, Weighting
 from .aggregation._bases import GramianWeightedAggregator
 from .aggregation._weights import aggregate_with_weights
-from .autojac import jac
 from .autojac._engine import (
+    as_one_matrix,
     check_multipliers,
     check_parallel_chunk_size,
+    compute_jacobians,
     leaves_in_order_of_first_use,
 )
 
@@ -671,14 +672,13 @@ class JacobianOptimizer(Optimizer):
                 "`losses` must depend on some parameter of the optimizer that requires grad, but "
                 "they depend on none of them."
             )
-        jacobians = list(
-            jac(
-                losses,
-                inputs,
-                jac_outputs=jac_outputs,
-                retain_graph=retain_graph,
-                parallel_chunk_size=self._parallel_chunk_size,
-            )
+        jacobians = compute_jacobians(
+            losses,
+            inputs,
+            jac_outputs,
+            retain_graph,
+            self._parallel_chunk_size,
+            shared_buffer=True,
         )
         buffer, views = _flatten(jacobians, blocks, _rows(losses, jac_outputs), [])
         self._all_reduce(buffer)
@@ -724,53 +724,55 @@ class JacobianOptimizer(Optimizer):
                 "`losses` must depend on some parameter of the optimizer that requires grad, but "
                 "they depend on none of them."
             )
-        first = list(
-            jac(
-                losses,
-                [*feature_list, *task_params],
-                jac_outputs=jac_outputs,
-                retain_graph=True,
-                parallel_chunk_size=self._parallel_chunk_size,
-            )
+        first = compute_jacobians(
+            losses,
+            [*feature_list, *task_params],
+            jac_outputs,
+            True,
+            self._parallel_chunk_size,
         )
         feature_jacobians, task_jacobians = first[: len(feature_list)], first[len(feature_list) :]
         del first
         shared_params = [p for block in shared_blocks for p in block.params]
         shared_jacobians: list[Tensor] = []
         if shared_params:
-            shared_jacobians = list(
-                jac(
-                    feature_list,
-                    shared_params,
-                    jac_outputs=feature_jacobians,
-                    retain_graph=retain_graph,
-                    parallel_chunk_size=self._parallel_chunk_size,
-                )
+            shared_jacobians = compute_jacobians(
+                feature_list,
+                shared_params,
+                feature_jacobians,
+                retain_graph,
+                self._parallel_chunk_size,
+                shared_buffer=True,
             )
         del feature_jacobians
-        task_size = sum(p.numel() for p in task_params)
         m = _rows(losses, jac_outputs)
-        buffer, views = _flatten(shared_jacobians, shared_blocks, m, task_params)
-        task_grads = buffer[buffer.numel() - task_size :]
-        offset = 0
-        for param, jacobian in zip(task_params, task_jacobians, strict=True):
-            size = param.numel()
-            torch.sum(
-                jacobian.reshape(m, size).to(buffer.dtype),
-                dim=0,
-                out=task_grads[offset : offset + size],
-            )
-            offset += size
-        del task_jacobians
-        self._all_reduce(buffer)
         task_updates: list[tuple[Tensor, Tensor]] = []
-        if task_params:
+        if self._process_group is None:
+            buffer, views = _flatten(shared_jacobians, shared_blocks, m, [])
+            for param, jacobian in zip(task_params, task_jacobians, strict=True):
+                task_updates.append((param, jacobian.reshape(m, -1).sum(dim=0)))
+        else:
+            # The task-specific gradients travel in the same buffer: one collective per step.
+            buffer, views = _flatten(shared_jacobians, shared_blocks, m, task_params)
+            task_size = sum(p.numel() for p in task_params)
+            task_grads = buffer[buffer.numel() - task_size :]
+            offset = 0
+            for param, jacobian in zip(task_params, task_jacobians, strict=True):
+                size = param.numel()
+                torch.sum(
+                    jacobian.reshape(m, size).to(buffer.dtype),
+                    dim=0,
+                    out=task_grads[offset : offset + size],
+                )
+                offset += size
+            self._all_reduce(buffer)
             task_grads = task_grads.clone()  # does not keep the Jacobian buffer alive
             offset = 0
             for param in task_params:
                 size = param.numel()
                 task_updates.append((param, task_grads[offset : offset + size]))
                 offset += size
+        del task_jacobians
         self._aggregate_and_write(shared_blocks, views, buffer, task_updates)
 
     def _all_reduce(self, buffer: Tensor) -> None:
@@ -1079,32 +1081,41 @@ def _leaf_ids(roots: list[Tensor]) -> set[int]:
 def _flatten(
     jacobians: list[Tensor], blocks: list[_Block], m: int, extra_params: list[Tensor]
 ) -> tuple[Tensor, list[Tensor]]:
-    """Copies the Jacobians into one flat buffer: one contiguous ``[m, N_g]`` block per group.
+    """One flat buffer holding the ``[m, N]`` Jacobian, and each group's ``[m, N_g]`` view of it.
 
-    The buffer ends with room for one value per element of ``extra_params`` (the caller fills
-    it). The Jacobians are released one by one, so that the memory peak stays close to one copy.
+    The groups' Jacobians are consecutive column blocks of the matrix. When the engine already
+    wrote the Jacobians as such blocks of one matrix, that matrix is used without a copy;
+    otherwise they are copied, and released one by one so that the memory peak stays close to
+    one copy. The buffer ends with room for one value per element of ``extra_params`` (filled
+    by the caller), so that everything to reduce across processes is in one tensor.
     """
-    params = [p for block in blocks for p in block.params] + extra_params
-    dtype = params[0].dtype
-    for param in params:
-        dtype = torch.promote_types(dtype, param.dtype)
-    total = sum(sum(block.sizes) for block in blocks)
-    extra = sum(p.numel() for p in extra_params)
-    buffer = torch.empty(m * total + extra, dtype=dtype, device=params[0].device)
+    params = [p for block in blocks for p in block.params]
+    widths = [sum(block.sizes) for block in blocks]
+    total = sum(widths)
+    matrix = as_one_matrix(jacobians) if jacobians and not extra_params else None
+    if matrix is not None and matrix.shape == (m, total) and matrix.is_contiguous():
+        buffer = matrix.view(-1)
+    elif not params and not extra_params:
+        buffer = matrix = torch.empty(m, 0)
+    else:
+        everything = params + extra_params
+        dtype = everything[0].dtype
+        for param in everything:
+            dtype = torch.promote_types(dtype, param.dtype)
+        extra = sum(p.numel() for p in extra_params)
+        buffer = torch.empty(m * total + extra, dtype=dtype, device=everything[0].device)
+        matrix = buffer[: m * total].view(m, total)
+        column = 0
+        for k, param in enumerate(params):
+            size = param.numel()
+            matrix[:, column : column + size].copy_(jacobians[k].reshape(m, size))
+            jacobians[k] = matrix  # drops the reference to the copied Jacobian
+            column += size
     views = []
     start = 0
-    k = 0
-    for block in blocks:
-        width = sum(block.sizes)
-        view = buffer[start : start + m * width].view(m, width)
-        column = 0
-        for size in block.sizes:
-            view[:, column : column + size].copy_(jacobians[k].reshape(m, size))
-            jacobians[k] = view  # drops the reference to the copied Jacobian
-            column += size
-            k += 1
-        views.append(view)
-        start += m * width
+    for width in widths:
+        views.append(matrix[:, start : start + width])
+        start += width
     return buffer, views
 
 

@@ -281,3 +281,63 @@ def test_diagnostics_of_a_non_gramian_aggregator_only_on_request() -> None:
     opt.backward(losses)
     (diagnostics,) = opt.diagnostics()
     assert diagnostics.n_conflicting_pairs == 1
+
+
+@pytest.mark.parametrize("parallel_chunk_size", [1, 2])
+def test_chunked_jacobians_give_the_same_step(parallel_chunk_size: int) -> None:
+    model = make_model()
+    opt = JacobianOptimizer(
+        torch.optim.SGD(model.parameters(), lr=0.1),
+        UPGrad(),
+        parallel_chunk_size=parallel_chunk_size,
+    )
+    reference = make_model()
+    reference_opt = JacobianOptimizer(torch.optim.SGD(reference.parameters(), lr=0.1), UPGrad())
+    for step in range(2):
+        opt.zero_grad()
+        opt.step(task_losses(model, step))
+        reference_opt.zero_grad()
+        reference_opt.step(task_losses(reference, step))
+    for actual, expected in zip(model.parameters(), reference.parameters()):
+        assert torch.allclose(actual, expected, atol=1e-6)
+
+
+def test_multi_task_mode_when_the_optimizer_holds_only_the_heads() -> None:
+    trunk, head1, head2 = make_mtl()
+    heads = [*head1.parameters(), *head2.parameters()]
+    opt = JacobianOptimizer(torch.optim.SGD(heads, lr=0.1), UPGrad())
+    losses, features = mtl_losses(trunk, (head1, head2), 0)
+    opt.backward(losses, features=features)
+    assert all(p.grad is None for p in trunk.parameters())
+    assert opt.last_weights == (None,)
+    losses, _ = mtl_losses(trunk, (head1, head2), 0)
+    expected = torch.autograd.grad(sum(losses), heads)
+    for param, grad in zip(heads, expected):
+        assert torch.allclose(param.grad, grad)
+
+
+def test_one_process_group_gives_the_single_process_step() -> None:
+    import torch.distributed as dist
+
+    if not dist.is_available():
+        pytest.skip("torch.distributed is not available")
+    dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
+    try:
+        group = dist.new_group([0])
+        trunk, head1, head2 = make_mtl()
+        params = [*trunk.parameters(), *head1.parameters(), *head2.parameters()]
+        opt = JacobianOptimizer(torch.optim.SGD(params, lr=0.1), UPGrad(), process_group=group)
+        ref_trunk, ref_head1, ref_head2 = make_mtl()
+        ref_params = [*ref_trunk.parameters(), *ref_head1.parameters(), *ref_head2.parameters()]
+        ref_opt = JacobianOptimizer(torch.optim.SGD(ref_params, lr=0.1), UPGrad())
+        for step in range(2):
+            losses, features = mtl_losses(trunk, (head1, head2), step)
+            opt.step(losses, features=features)
+            opt.step(torch.stack(mtl_losses(trunk, (head1, head2), step)[0]))
+            losses, features = mtl_losses(ref_trunk, (ref_head1, ref_head2), step)
+            ref_opt.step(losses, features=features)
+            ref_opt.step(torch.stack(mtl_losses(ref_trunk, (ref_head1, ref_head2), step)[0]))
+        for actual, expected in zip(params, ref_params):
+            assert torch.allclose(actual, expected, atol=1e-6)
+    finally:
+        dist.destroy_process_group()
