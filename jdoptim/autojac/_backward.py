@@ -53,9 +53,14 @@ def backward(
     .. note::
         ``.jac`` is a plain Python attribute set on the tensor (``param.jac``); delete it with
         ``del param.jac``. Non-leaf tensors on which ``retain_grad()`` was called receive a
-        ``.jac`` only when passed in ``inputs``; in any case torch's autograd calls their
-        retain-grad hook during the computation, which leaves their ``.grad`` in an unspecified
-        state (read it before, or pass ``parallel_chunk_size=1``).
+        ``.jac`` only when passed in ``inputs``.
+
+    .. warning::
+        Limitation: torch's autograd calls the hook of every non-leaf tensor on which
+        ``retain_grad()`` was called, for every backward pass that goes through it. With
+        ``parallel_chunk_size=1`` such a tensor's ``.grad`` receives the sum of the rows'
+        gradients (as with :func:`torch.autograd.grad`); with vectorised chunks it is left
+        invalid (a leaked batched tensor). Read such ``.grad`` fields before calling this.
 
     Args:
         tensors: the tensor or sequence of tensors whose Jacobian is computed, of any shapes.

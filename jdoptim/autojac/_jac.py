@@ -37,10 +37,14 @@ def jac(
     chains Jacobians across several steps of the chain rule.
 
     Inputs that the outputs do not depend on get an all-zero Jacobian. Inputs may be any tensors
-    requiring grad (leaves or intermediate results). Non-leaf tensors on which ``retain_grad()``
-    was called are a documented limitation: torch's autograd calls their retain-grad hook during
-    the computation, so their ``.grad`` is left in an unspecified state; read it before calling
-    this function, or pass ``parallel_chunk_size=1``.
+    requiring grad (leaves or intermediate results).
+
+    .. warning::
+        Limitation: torch's autograd calls the hook of every non-leaf tensor on which
+        ``retain_grad()`` was called, for every backward pass that goes through it. With
+        ``parallel_chunk_size=1`` such a tensor's ``.grad`` receives the sum of the rows'
+        gradients (as with :func:`torch.autograd.grad`); with vectorised chunks it is left
+        invalid (a leaked batched tensor). Read such ``.grad`` fields before calling this.
 
     Args:
         outputs: the tensor or sequence of tensors to differentiate, of any shapes.

@@ -136,6 +136,19 @@ def test_non_leaf_retaining_grad_as_input() -> None:
     assert not hasattr(x, "jac")
 
 
+def test_retained_grad_of_intermediate_with_chunk_size_one_gets_summed_rows() -> None:
+    # Documented limitation: torch calls retain-grad hooks on every backward pass.
+    x = torch.randn(3, dtype=torch.float64, requires_grad=True)
+    hidden = x * 2
+    hidden.retain_grad()
+    output = hidden.sin()
+
+    backward(output, parallel_chunk_size=1)
+
+    torch.testing.assert_close(hidden.grad, hidden.detach().cos())
+    torch.testing.assert_close(x.jac, torch.diag(2 * hidden.detach().cos()))
+
+
 def test_rnn_with_chunk_size_one() -> None:
     rnn = nn.RNN(3, 4).double()
     params = list(rnn.parameters())
