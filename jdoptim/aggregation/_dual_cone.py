@@ -94,7 +94,11 @@ def _solve_rows(gramian: _Array, lower_bounds: _Array) -> _Array:
         solutions: _Array = multipliers @ inverse
         # Rounding in v = G⁻¹λ may leave v a hair below u on the active coordinates.
         return np.maximum(solutions, lower_bounds)
-    raise RuntimeError(f"quadprog failed on a regularised Gramian: {last_error}")
+    # Only reachable when G has an eigenvalue below -max(diag G): not a Gramian.
+    raise ValueError(
+        "`gramian` must be positive semi-definite, but quadprog failed on it even with a jitter "
+        f"of max(diag(gramian)) · I: {last_error}"
+    )
 
 
 _SOLVERS: dict[str, DualConeSolver] = {

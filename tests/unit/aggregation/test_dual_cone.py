@@ -188,3 +188,11 @@ def test_non_square_gramian_is_rejected() -> None:
 def test_lower_bounds_of_the_wrong_width_are_rejected() -> None:
     with pytest.raises(ValueError, match=r"lower_bounds.*\[2, 3\]"):
         solve_dual_cone(torch.eye(2), torch.zeros(2, 3), "quadprog")
+
+
+def test_indefinite_matrix_is_rejected() -> None:
+    # Eigenvalues 51 and -49: no jitter up to max(diag) · I makes it positive definite.
+    matrix = torch.tensor([[1.0, 50.0], [50.0, 1.0]])
+
+    with pytest.raises(ValueError, match="gramian.*positive semi-definite"):
+        solve_dual_cone(matrix, torch.tensor([[1.0, -1.0]]), "quadprog")
