@@ -194,5 +194,5 @@ def test_indefinite_matrix_is_rejected() -> None:
     # Eigenvalues 51 and -49: no jitter up to max(diag) · I makes it positive definite.
     matrix = torch.tensor([[1.0, 50.0], [50.0, 1.0]])
 
-    with pytest.raises(ValueError, match="gramian.*positive semi-definite"):
+    with pytest.raises(ValueError, match=r"gramian.*positive semi-definite"):
         solve_dual_cone(matrix, torch.tensor([[1.0, -1.0]]), "quadprog")
