@@ -18,7 +18,13 @@ class ConFIG(Aggregator):
     to :math:`d = x / \max(\|x\|, 10^{-12})`. The output is
     :math:`A(J) = \left(\sum_i g_i \cdot d\right) d`, the direction d scaled by the sum of
     the projections of the gradients on it. Since it only depends on the directions of the
-    rows, rescaling the rows by positive factors rescales the output linearly. Not
+    rows, rescaling the rows by positive factors rescales the output linearly.
+
+    :math:`U^+` is computed by an SVD in which singular values below
+    :math:`10 m \varepsilon \sigma_{\max}`, and components of p along the singular directions
+    below :math:`10 m \varepsilon \|p\|`, count as zero (ε: the precision of the dtype): when a
+    p-weighted sum of the unit rows vanishes (e.g. two opposite rows), x is 0 and so is the
+    output, instead of a direction made of rounding noise. Not
     differentiable. From "ConFIG: Towards Conflict-free Training of Physics Informed Neural
     Networks" (Liu et al., ICLR 2025).
 
@@ -64,11 +70,20 @@ class ConFIG(Aggregator):
         # (torch's default, max(m, n)·eps, would drop real directions when n is large).
         rtol = 10 * m * torch.finfo(matrix.dtype).eps
         try:
-            direction: Tensor = torch.linalg.pinv(units, rtol=rtol) @ preferences
+            left, singular_values, right_t = torch.linalg.svd(units, full_matrices=False)
         except RuntimeError:  # torch.linalg.LinAlgError
             # Only non-finite input makes the SVD fail: return a non-finite output (so that,
             # e.g., GradScaler skips the step) rather than crash.
             return torch.full_like(matrix[0], float("nan"))
+        # x = U⁺p = V Σ⁻¹ Pᵀp. Components of p along the kept directions that are at rounding
+        # level are zero in exact arithmetic (a p-weighted sum of the unit rows vanishes, e.g.
+        # two opposite rows): keeping them would turn rounding noise into a direction.
+        coefficients = left.T @ preferences
+        kept = (singular_values > rtol * singular_values.max()) & (
+            coefficients.abs() > rtol * torch.linalg.vector_norm(preferences)
+        )
+        safe_values = torch.where(kept, singular_values, 1.0)
+        direction: Tensor = right_t.T @ torch.where(kept, coefficients / safe_values, 0.0)
         direction = direction / torch.linalg.vector_norm(direction).clamp(min=1e-12)
         return (matrix @ direction).sum() * direction
 

@@ -120,3 +120,14 @@ def test_repr_and_str() -> None:
     assert repr(ConFIG()) == "ConFIG(pref_vector=None)"
     assert repr(ConFIG(pref_vector=torch.tensor([1.0, 2.0]))) == "ConFIG(pref_vector=[1.0,2.0])"
     assert str(ConFIG()) == "ConFIG"
+
+
+def test_opposite_rows_of_very_different_scales_give_zero() -> None:
+    # A positive combination of the unit rows vanishes: x = 0 in exact arithmetic, and the
+    # rounding noise of the SVD must not become a direction (the output would then depend on
+    # the order of the rows).
+    row = torch.tensor([0.37802889943122864, 2.806967258453369])
+    matrix = torch.stack([-1.196e-10 * row, row])
+
+    assert ConFIG()(matrix).tolist() == [0.0, 0.0]
+    assert ConFIG()(matrix.flip(0)).tolist() == [0.0, 0.0]
