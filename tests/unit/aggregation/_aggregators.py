@@ -1,0 +1,151 @@
+"""The aggregators the cross-cutting aggregation tests run on, built for a given number of rows.
+
+Some aggregators need parameters that depend on m (``Constant``'s weights, ``NashMTL``'s
+``n_tasks``, ``Krum``/``TrimmedMean`` need enough rows), so each case is a factory ``m -> A``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import ClassVar
+
+import pytest
+import torch
+
+from jdoptim.aggregation import Aggregator
+
+
+class _Resolver:
+    """TEMPORARY: finds aggregators in their private modules until they are re-exported."""
+
+    _modules: ClassVar[dict[str, str]] = {
+        "UPGrad": "_upgrad",
+        "DualProj": "_dualproj",
+        "MGDA": "_mgda",
+        "IMTLG": "_imtlg",
+        "AlignedMTL": "_aligned_mtl",
+        "CAGrad": "_cagrad",
+        "NashMTL": "_nash_mtl",
+        "PCGrad": "_pcgrad",
+        "Krum": "_krum",
+        "Constant": "_constant",
+        "Random": "_random",
+        "ConFIG": "_config",
+        "GradDrop": "_graddrop",
+        "TrimmedMean": "_trimmed_mean",
+        "Mean": "_mean",
+        "Sum": "_sum",
+    }
+
+    def __getattr__(self, name: str) -> object:
+        import importlib
+
+        import jdoptim.aggregation as package
+
+        if hasattr(package, name):
+            return getattr(package, name)
+        try:
+            module = importlib.import_module(f"jdoptim.aggregation.{self._modules[name]}")
+        except ImportError as error:
+            raise AttributeError(name) from error
+        return getattr(module, name)
+
+
+aggregation = _Resolver()
+
+
+@dataclass(frozen=True)
+class AggregatorCase:
+    """A named way of building an aggregator for matrices with m rows (``m >= min_m``)."""
+
+    name: str
+    make: Callable[[int], Aggregator]
+    min_m: int = 1
+    #: Solves a convex program with cvxpy at every call: run it on few examples.
+    slow: bool = False
+
+    def __call__(self, m: int) -> Aggregator:
+        return self.make(m)
+
+    def __repr__(self) -> str:
+        return self.name
+
+
+def _constant_weights(m: int) -> torch.Tensor:
+    """Deterministic, strictly positive, unequal weights: 1, 2, …, m over m."""
+    return torch.arange(1, m + 1, dtype=torch.float32) / m
+
+
+def _krum(m: int) -> Aggregator:
+    # Krum needs m ≥ n_byzantine + 3 and m ≥ n_selected.
+    n_byzantine = (m - 3) // 2
+    return aggregation.Krum(n_byzantine=n_byzantine, n_selected=max(1, (m - n_byzantine) // 2))
+
+
+def _case(name: str, make: Callable[[int], Aggregator], **kwargs: object) -> AggregatorCase:
+    return AggregatorCase(name, make, **kwargs)  # type: ignore[arg-type]
+
+
+UPGRAD = _case("UPGrad", lambda m: aggregation.UPGrad())
+UPGRAD_TORCH = _case("UPGrad(solver=torch)", lambda m: aggregation.UPGrad(solver="torch"))
+DUALPROJ = _case("DualProj", lambda m: aggregation.DualProj())
+DUALPROJ_TORCH = _case("DualProj(solver=torch)", lambda m: aggregation.DualProj(solver="torch"))
+MGDA = _case("MGDA", lambda m: aggregation.MGDA())
+IMTLG = _case("IMTLG", lambda m: aggregation.IMTLG())
+ALIGNED_MTL = _case("AlignedMTL", lambda m: aggregation.AlignedMTL())
+ALIGNED_MTL_MEDIAN = _case(
+    "AlignedMTL(median)", lambda m: aggregation.AlignedMTL(scale_mode="median")
+)
+ALIGNED_MTL_RMSE = _case("AlignedMTL(rmse)", lambda m: aggregation.AlignedMTL(scale_mode="rmse"))
+CAGRAD = _case("CAGrad", lambda m: aggregation.CAGrad(c=0.5), slow=True)
+NASH_MTL = _case("NashMTL", lambda m: aggregation.NashMTL(n_tasks=m), slow=True)
+PCGRAD = _case("PCGrad", lambda m: aggregation.PCGrad())
+KRUM = _case("Krum", _krum, min_m=3)
+MEAN = _case("Mean", lambda m: aggregation.Mean())
+SUM = _case("Sum", lambda m: aggregation.Sum())
+CONSTANT = _case("Constant", lambda m: aggregation.Constant(_constant_weights(m)))
+RANDOM = _case("Random", lambda m: aggregation.Random())
+CONFIG = _case("ConFIG", lambda m: aggregation.ConFIG())
+GRADDROP = _case("GradDrop", lambda m: aggregation.GradDrop())
+TRIMMED_MEAN = _case("TrimmedMean", lambda m: aggregation.TrimmedMean(trim_number=(m - 1) // 4))
+
+ALL_CASES = [
+    UPGRAD,
+    UPGRAD_TORCH,
+    DUALPROJ,
+    DUALPROJ_TORCH,
+    MGDA,
+    IMTLG,
+    ALIGNED_MTL,
+    ALIGNED_MTL_MEDIAN,
+    ALIGNED_MTL_RMSE,
+    CAGRAD,
+    NASH_MTL,
+    PCGRAD,
+    KRUM,
+    MEAN,
+    SUM,
+    CONSTANT,
+    RANDOM,
+    CONFIG,
+    GRADDROP,
+    TRIMMED_MEAN,
+]
+
+
+def params(cases: list[AggregatorCase]) -> list[object]:
+    """``pytest.param`` for each case, with the case's name as its id.
+
+    TEMPORARY while the aggregators are being written: a case whose class does not exist yet
+    is skipped.
+    """
+    result: list[object] = []
+    for case in cases:
+        try:
+            case(max(case.min_m, 3))
+        except (AttributeError, ImportError, ValueError):
+            result.append(pytest.param(case, id=case.name, marks=pytest.mark.skip("not yet")))
+            continue
+        result.append(pytest.param(case, id=case.name))
+    return result
