@@ -18,6 +18,48 @@ def _require_cvxpy() -> Any:
     return require("cvxpy", extra="cagrad", user="CAGrad")
 
 
+class _SolverFailure(Exception):
+    """The convex program did not give a usable solution."""
+
+
+class _ConflictAverseProgram:
+    """min over the simplex of bᵀu + ‖Qᵀu‖ (b = R g₀, Q = φR), built once per size.
+
+    φ is folded into Q so that the program stays parametrised (DPP): cvxpy compiles it once and
+    only updates the data at later solves.
+    """
+
+    def __init__(self, size: int) -> None:
+        cp = _require_cvxpy()
+        self.cp = cp
+        self.u = cp.Variable(size)
+        self.linear = cp.Parameter(size)
+        self.factor = cp.Parameter((size, size))
+        objective = self.linear @ self.u + cp.norm(self.factor.T @ self.u, 2)
+        constraints = [self.u >= 0, cp.sum(self.u) == 1]
+        self.problem = cp.Problem(cp.Minimize(objective), constraints)
+
+    def solve(self, linear: np.ndarray, factor: np.ndarray) -> np.ndarray:
+        self.linear.value = linear
+        self.factor.value = factor
+        try:
+            with warnings.catch_warnings():
+                # cvxpy warns about inaccurate solutions; those are accepted (and projected
+                # back onto the simplex) below.
+                warnings.simplefilter("ignore")
+                self.problem.solve()
+        except (self.cp.error.SolverError, ValueError, ArithmeticError) as error:
+            raise _SolverFailure(f"{type(error).__name__}: {error}") from error
+        value = self.u.value
+        if self.problem.status not in ("optimal", "optimal_inaccurate") or value is None:
+            raise _SolverFailure(f"solver status {self.problem.status!r}")
+        if not np.isfinite(value).all():
+            raise _SolverFailure("the solver returned non-finite values")
+        # Clean the solver's tolerance-level violations of the simplex.
+        value = np.clip(np.asarray(value, dtype=np.float64), 0.0, None)
+        return np.asarray(value / value.sum(), dtype=np.float64)
+
+
 class CAGradWeighting(Weighting):
     r"""Weights of CAGrad, computed on the normalised Gramian by a small convex program.
 
@@ -62,6 +104,7 @@ class CAGradWeighting(Weighting):
         _require_cvxpy()
         self.c = c
         self.norm_eps = norm_eps
+        self._programs: dict[int, _ConflictAverseProgram] = {}
 
     def forward(self, gramian: Tensor, /) -> Tensor:
         m = gramian.shape[0]
@@ -86,23 +129,14 @@ class CAGradWeighting(Weighting):
 
     def _solve(self, reduced: np.ndarray, mean_gradient: np.ndarray, phi: float) -> np.ndarray:
         """argmin over the simplex of (R g₀)ᵀu + φ‖Rᵀu‖, or 1/m (with a warning) on failure."""
-        cp = _require_cvxpy()
         m = reduced.shape[0]
-        u = cp.Variable(m)
-        objective = (reduced @ mean_gradient) @ u + phi * cp.norm(reduced.T @ u, 2)
-        problem = cp.Problem(cp.Minimize(objective), [u >= 0, cp.sum(u) == 1])
+        program = self._programs.get(m)
+        if program is None:
+            program = self._programs[m] = _ConflictAverseProgram(m)
         try:
-            problem.solve()
-        except cp.error.SolverError as error:
-            reason = f"{type(error).__name__}: {error}"
-        else:
-            value = u.value
-            solved = problem.status in ("optimal", "optimal_inaccurate") and value is not None
-            if solved and np.isfinite(value).all():
-                # Clean the solver's tolerance-level violations of the simplex.
-                value = np.clip(value, 0.0, None)
-                return np.asarray(value / value.sum(), dtype=np.float64)
-            reason = f"solver status {problem.status!r}"
+            return program.solve(reduced @ mean_gradient, phi * reduced)
+        except _SolverFailure as failure:
+            reason = str(failure)
         warnings.warn(
             f"CAGrad: the convex program could not be solved ({reason}); using the uniform "
             "u = 1/m (the mean gradient's direction) instead.",
@@ -110,6 +144,12 @@ class CAGradWeighting(Weighting):
             stacklevel=2,
         )
         return np.full(m, 1.0 / m)
+
+    def __getstate__(self) -> dict[str, Any]:
+        # The cached cvxpy programs are rebuilt on demand; they need not be copied or pickled.
+        state: dict[str, Any] = dict(super().__getstate__())  # type: ignore[no-untyped-call]
+        state["_programs"] = {}
+        return state
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(c={self.c!r}, norm_eps={self.norm_eps!r})"
