@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+import pickle
 import warnings
 
 import cvxpy
@@ -133,6 +135,14 @@ def test_backward_raises_non_differentiable_error() -> None:
 
     with pytest.raises(NonDifferentiableError, match="CAGrad"):
         CAGrad(c=0.5)(matrix).sum().backward()
+
+
+def test_copies_and_pickles_after_use() -> None:
+    aggregator = CAGrad(c=0.5)
+    expected = aggregator(J)
+
+    for duplicate in (copy.deepcopy(aggregator), pickle.loads(pickle.dumps(aggregator))):
+        torch.testing.assert_close(duplicate(J), expected)
 
 
 def test_repr_and_str() -> None:
