@@ -20,8 +20,11 @@ class KrumWeighting(Weighting):
 
     With :math:`D_{ij} = G_{ii} + G_{jj} - 2 G_{ij} = \|g_i - g_j\|^2` and ``f = n_byzantine``,
     the score of row i is the sum of its :math:`m - f - 2` smallest :math:`D_{ij}`, :math:`j \ne i`.
-    Ties are broken by the lowest index. From "Machine Learning with Adversaries: Byzantine
-    Tolerant Gradient Descent" (Blanchard et al., NeurIPS 2017).
+    Ties are broken by the lowest index. A Gramian with a non-finite diagonal (a row of the
+    Jacobian with a non-finite entry) gives NaN weights, so that the non-finite input shows in
+    the output (e.g. for ``GradScaler`` to skip the step) instead of being silently left out.
+    From "Machine Learning with Adversaries: Byzantine Tolerant Gradient Descent" (Blanchard
+    et al., NeurIPS 2017).
 
     Args:
         n_byzantine: the number f of rows that may be arbitrary (Byzantine); requires
@@ -67,7 +70,10 @@ class KrumWeighting(Weighting):
         selected = scores.sort(stable=True).indices[: self.n_selected]
         weights = torch.zeros_like(diagonal)
         weights[selected] = 1.0 / self.n_selected
-        return weights
+        # A non-finite row (its squared norm Gᵢᵢ is then non-finite) is not just left out: the
+        # output must show it, e.g. for GradScaler to skip the step. No host synchronisation.
+        all_finite = torch.isfinite(diagonal).all()
+        return torch.where(all_finite, weights, torch.full_like(weights, float("nan")))
 
     def __repr__(self) -> str:
         return (

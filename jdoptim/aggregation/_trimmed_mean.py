@@ -12,8 +12,10 @@ class TrimmedMean(Aggregator):
 
     For each column j, the ``trim_number`` = t smallest and t largest values of
     :math:`J_{1j}, \dots, J_{mj}` are dropped and the :math:`m - 2t` others are averaged.
-    Requires :math:`m \ge 2t + 1`. From "Byzantine-Robust Distributed Learning: Towards Optimal
-    Statistical Rates" (Yin et al., ICML 2018).
+    Requires :math:`m \ge 2t + 1`. A non-finite value is never trimmed away silently: its
+    column of the output is NaN (so that, e.g., ``GradScaler`` skips the step). From
+    "Byzantine-Robust Distributed Learning: Towards Optimal Statistical Rates" (Yin et al.,
+    ICML 2018).
 
     Args:
         trim_number: the number t of values dropped at each end of every column.
@@ -43,7 +45,11 @@ class TrimmedMean(Aggregator):
                 f"but got a matrix of shape {list(matrix.shape)}."
             )
         sorted_columns = matrix.sort(dim=0).values
-        return sorted_columns[t : m - t].mean(dim=0)
+        # NaN and +inf sort last, -inf first: adding 0·(first + last row), elementwise, keeps
+        # the output unchanged unless the column holds a non-finite value, which must not be
+        # trimmed away silently (GradScaler relies on non-finite outputs to skip a step).
+        non_finite_guard = 0.0 * sorted_columns[0] + 0.0 * sorted_columns[-1]
+        return sorted_columns[t : m - t].mean(dim=0) + non_finite_guard
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(trim_number={self.trim_number})"

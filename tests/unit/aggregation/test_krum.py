@@ -70,3 +70,12 @@ def test_repr_and_str() -> None:
     assert repr(aggregator) == "Krum(n_byzantine=1, n_selected=2)"
     assert str(aggregator) == "Krum"
     assert repr(aggregator.gramian_weighting) == "KrumWeighting(n_byzantine=1, n_selected=2)"
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf")])
+def test_a_non_finite_row_is_not_silently_left_out(value: float) -> None:
+    matrix = WITH_OUTLIER.clone()
+    matrix[3, 0] = value
+
+    assert KrumWeighting(n_byzantine=1)(matrix @ matrix.T).isnan().all()
+    assert Krum(n_byzantine=1)(matrix).isnan().all()

@@ -64,3 +64,13 @@ def test_constructor_validation() -> None:
 def test_repr_and_str() -> None:
     assert repr(TrimmedMean(2)) == "TrimmedMean(trim_number=2)"
     assert str(TrimmedMean(2)) == "TrimmedMean"
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), float("-inf")])
+def test_non_finite_values_are_not_trimmed_away(value: float) -> None:
+    matrix = torch.tensor([[1.0, 5.0], [2.0, 6.0], [value, 7.0]])
+
+    output = TrimmedMean(trim_number=1)(matrix)
+
+    assert output[0].isnan()
+    assert output[1] == 6.0
