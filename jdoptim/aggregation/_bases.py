@@ -53,7 +53,7 @@ class Aggregator(nn.Module, ABC):
         output: Tensor = super().__call__(matrix.to(_compute_dtype(dtype)))
         output = output.to(dtype)
         if not self.differentiable:
-            output = make_non_differentiable(output, type(self).__name__)
+            output = make_non_differentiable(output, matrix, type(self).__name__)
         return output
 
     def __repr__(self) -> str:
@@ -98,7 +98,7 @@ class Weighting(nn.Module, ABC):
         weights: Tensor = super().__call__(gramian.to(_compute_dtype(dtype)))
         weights = weights.to(dtype)
         if not self.differentiable:
-            weights = make_non_differentiable(weights, type(self).__name__)
+            weights = make_non_differentiable(weights, gramian, type(self).__name__)
         return weights
 
     def __repr__(self) -> str:

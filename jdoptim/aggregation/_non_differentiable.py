@@ -29,9 +29,9 @@ class NonDifferentiableError(RuntimeError):
 
 class _RaiseOnBackward(torch.autograd.Function):
     @staticmethod
-    def forward(ctx: Any, tensor: Tensor, name: str) -> Tensor:
+    def forward(ctx: Any, result: Tensor, source: Tensor, name: str) -> Tensor:
         ctx.name = name
-        return tensor.view_as(tensor)
+        return result.view_as(result)
 
     @staticmethod
     def backward(ctx: Any, *grad_outputs: Tensor) -> Any:
@@ -41,9 +41,14 @@ class _RaiseOnBackward(torch.autograd.Function):
         )
 
 
-def make_non_differentiable(tensor: Tensor, name: str) -> Tensor:
-    """Returns ``tensor`` unchanged, but raising :class:`NonDifferentiableError` on backward."""
-    if not tensor.requires_grad:
-        return tensor
-    result: Tensor = _RaiseOnBackward.apply(tensor, name)  # type: ignore[no-untyped-call]
-    return result
+def make_non_differentiable(result: Tensor, source: Tensor, name: str) -> Tensor:
+    """Returns ``result`` unchanged, but raising :class:`NonDifferentiableError` on backward.
+
+    The guard is attached whenever ``result`` or its ``source`` (the input it was computed from)
+    requires grad, so a result computed outside autograd (e.g. by a numpy solver) from an input
+    that requires grad still refuses to be backpropagated through instead of acting as a constant.
+    """
+    if not (result.requires_grad or source.requires_grad):
+        return result
+    guarded: Tensor = _RaiseOnBackward.apply(result, source, name)  # type: ignore[no-untyped-call]
+    return guarded
