@@ -97,15 +97,17 @@ class NashMTL(Aggregator):
 
     where :math:`\varphi(\alpha) = \sum_i \log \alpha_i + \log (K\alpha)_i` is linearised at
     the previous iterate :math:`\alpha_t` (when :math:`\alpha_t` is infeasible, i.e. some
-    :math:`(K\alpha_t)_i \le 0`, as the initial ones may be, the linear term is dropped for that
-    step, which yields a feasible point); it stops early once
-    :math:`\|K\alpha_t - 1/\alpha_t\| < 10^{-3}` or the iterates stop moving
-    (:math:`< 10^{-6}`). The steps are computed in the equivalent variables
+    :math:`(K\alpha_t)_i \le 0`, the linear term is dropped for that step, which yields a
+    feasible point).
+
+    The steps are computed in the equivalent variables
     :math:`\beta_i = \alpha_i \|g_i\| / \sqrt{\|G\|_F}`, for which the condition reads
     :math:`\beta_i (C\beta)_i = 1` with C the Gramian of the normalised rows: the solution is
     the same, but rows that differ by many orders of magnitude stay well-conditioned. The first
-    call starts from :math:`\beta = \mathbb{1}`, later ones from the last weights. Rows that
-    are exactly zero take no part in the bargaining.
+    call starts from :math:`\beta = \mathbb{1}`, later ones from the last weights (and from
+    :math:`\beta = \mathbb{1}` if that warm start fails at once). The procedure stops early
+    once :math:`\|C\beta - 1/\beta\| < 10^{-3}` or the iterates move by less than
+    :math:`10^{-6}`. Rows that are exactly zero take no part in the bargaining.
 
     The weights are recomputed every ``update_weights_every`` calls and reused in between; if
     ``max_norm > 0`` and :math:`\|J^\top\alpha\| >` ``max_norm``, α is rescaled so that the norm
