@@ -85,8 +85,8 @@ class NashMTL(Aggregator):
 
     The weights :math:`\alpha > 0` solve the Nash bargaining condition
     :math:`\alpha_i (K \alpha)_i = 1` for every objective i, with the scale-free Gramian
-    :math:`K = G / \|G\|_F`, so that :math:`J^\top \alpha` maximises
-    :math:`\sum_i \log(g_i \cdot d)` over the ball :math:`\|d\| \le 1` (up to scale). They are
+    :math:`K = G / \|G\|_F`, so that :math:`d = J^\top \alpha` maximises
+    :math:`\sum_i \log(g_i \cdot d)` over the ball of radius :math:`\|d\|`. They are
     found by the paper's sequential convex procedure (at most ``optim_niter`` steps, solved
     with ``cvxpy`` and ECOS, starting from the previous weights): each step solves
 

@@ -54,6 +54,20 @@ def test_weights_solve_the_bargaining_condition() -> None:
     torch.testing.assert_close(output, aggregator.weights @ matrix)
 
 
+def test_output_maximises_the_product_of_improvements_on_its_sphere() -> None:
+    matrix = _matrices(1, m=3, n=4)[0]
+    output = NashMTL(n_tasks=3, max_norm=0.0)(matrix)
+
+    candidates = output + 0.3 * output.norm() * torch.randn(2000, 4, dtype=torch.float64)
+    candidates = candidates / candidates.norm(dim=1, keepdim=True) * output.norm()
+    improvements = candidates @ matrix.T
+    feasible = (improvements > 0).all(dim=1)
+    candidate_values = improvements[feasible].log().sum(dim=1)
+
+    assert feasible.sum() > 100
+    assert candidate_values.max() <= (matrix @ output).log().sum() + 1e-6
+
+
 def test_rows_of_very_different_scales_get_equal_shares() -> None:
     # Orthogonal rows: αᵢ‖gᵢ‖ is the same for every row, whatever its scale.
     matrix = torch.diag(torch.tensor([1e-10, 1.0, 1e5, 1e15], dtype=torch.float64))
