@@ -18,6 +18,8 @@ from torch import Tensor, nn
 from torch.func import functional_call, vjp, vmap
 from torch.utils._pytree import tree_flatten, tree_unflatten
 
+from ._convolution import convolution_gramian, is_plain_convolution
+from ._linear import is_plain_linear, linear_gramian
 from ._module_hooks import ModuleCall
 
 NamedParameters = list[tuple[str, nn.Parameter]]
@@ -30,10 +32,10 @@ def group_gramian(
     batched: bool,
 ) -> Tensor:
     """The ``[R, R]`` Gramian of the parameters used by ``calls`` (summed over the calls)."""
-    if len(calls) == 1 and _is_plain_linear_call(calls[0], deltas[calls[0]], used[calls[0]]):
-        call = calls[0]
-        delta = next(d for d in deltas[call] if d is not None)
-        return linear_gramian(call.module, call.args[0], delta, used[call], batched)
+    if len(calls) == 1:
+        closed_form = _closed_form_gramian(calls[0], deltas[calls[0]], used[calls[0]], batched)
+        if closed_form is not None:
+            return closed_form
 
     jacobians: dict[int, Tensor] = {}
     for call in calls:
@@ -140,62 +142,27 @@ def _randomness_error(module: nn.Module) -> ValueError:
     )
 
 
-def _is_plain_linear_call(
-    call: ModuleCall, deltas: list[Tensor | None], named_parameters: NamedParameters
-) -> bool:
-    return (
-        isinstance(call.module, nn.Linear)
-        and type(call.module).forward is nn.Linear.forward
-        and len(call.args) == 1
-        and isinstance(call.args[0], Tensor)
-        and not call.kwargs
-        and len(deltas) == 1
-        and deltas[0] is not None
-        and {name for name, _ in named_parameters} <= {"weight", "bias"}
-    )
-
-
-def linear_gramian(
-    module: nn.Module,
-    x: Tensor,
-    delta: Tensor,
+def _closed_form_gramian(
+    call: ModuleCall,
+    deltas: list[Tensor | None],
     named_parameters: NamedParameters,
     batched: bool,
-) -> Tensor:
-    r"""Gramian of a call ``y = x Wᵀ + b`` of :class:`torch.nn.Linear`, without its Jacobian.
-
-    With ``x`` ``[B, S, in]`` and ``δ`` ``[T, B, S, out]`` (``S`` gathers the extra dimensions),
-    the gradient of row ``(t, b)`` w.r.t. ``W`` is ``Σ_s δ[t, b, s]ᵀ x[b, s]``, so
-
-    .. math:: G_W[(t, b), (u, c)] = \sum_{s, r} \langle δ_{tbs}, δ_{ucr} \rangle
-        \langle x_{bs}, x_{cr} \rangle,
-
-    which is ``(δ δᵀ) ⊙ (x xᵀ)`` when ``S = 1``. For large ``S`` the per-row gradients are
-    cheaper and are formed instead. The bias adds ``(Σ_s δ)(Σ_s δ)ᵀ``.
-    """
+) -> Tensor | None:
+    """The Gramian of a single call of a linear layer or convolution, or None for others."""
     names = {name for name, _ in named_parameters}
-    in_features = x.shape[-1]
-    rows = delta.shape[0]
-    samples = x.shape[0] if batched else 1
-    x = x.reshape(samples, -1, in_features)
-    delta = delta.reshape(rows, samples, x.shape[1], -1)
-    out_features = delta.shape[-1]
-    size = rows * samples
-    positions = x.shape[1]
-    gramian = delta.new_zeros(size, size)
-    if "weight" in names:
-        if positions == 1:
-            flat_delta = delta.reshape(size, out_features)
-            flat_x = x.reshape(samples, in_features)
-            gramian += (flat_delta @ flat_delta.T) * (flat_x @ flat_x.T).repeat(rows, rows)
-        elif (size * positions) ** 2 <= size * in_features * out_features:
-            x_kernel = torch.einsum("bsi,cri->bscr", x, x)
-            delta_kernel = torch.einsum("tbso,ucro->tbsucr", delta, delta)
-            gramian += torch.einsum("tbsucr,bscr->tbuc", delta_kernel, x_kernel).reshape(size, size)
-        else:
-            weight_jacobian = torch.einsum("tbso,bsi->tboi", delta, x).reshape(size, -1)
-            gramian += weight_jacobian @ weight_jacobian.T
-    if "bias" in names:
-        bias_jacobian = delta.sum(dim=2).reshape(size, out_features)
-        gramian += bias_jacobian @ bias_jacobian.T
-    return gramian
+    if (
+        len(call.args) != 1
+        or not isinstance(call.args[0], Tensor)
+        or call.kwargs
+        or len(deltas) != 1
+        or deltas[0] is None
+        or not names <= {"weight", "bias"}
+    ):
+        return None
+    x, delta = call.args[0], deltas[0]
+    if is_plain_linear(call.module):
+        return linear_gramian(call.module, x, delta, names, batched)
+    if batched and is_plain_convolution(call.module, x):
+        budget = max(x.numel(), delta[0].numel())
+        return convolution_gramian(call.module, x, delta, names, budget)
+    return None

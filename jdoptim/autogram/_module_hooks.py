@@ -98,7 +98,10 @@ class CallRecorder:
             return
         parent = self._stack[-1] if self._stack else None
         call = ModuleCall(module=module, parent=parent)
-        call.versions_before = {id(t): t._version for t in _tensor_leaves((args, kwargs))}
+        inputs = _tensor_leaves((args, kwargs))
+        call.versions_before = {id(t): t._version for t in inputs}
+        # Taken before the forward: a module modifying an input in place changes its node.
+        call.input_nodes = {get_gradient_edge(t).node for t in inputs if t.requires_grad}
         self._stack.append(call)
         self.calls.append(call)
 
@@ -120,7 +123,8 @@ class CallRecorder:
         call.modifies_inputs = any(
             call.versions_before.get(id(t), t._version) != t._version for t in inputs
         )
-        call.input_nodes = {get_gradient_edge(t).node for t in inputs if t.requires_grad}
+        if not call.modifies_inputs:
+            call.input_nodes |= {get_gradient_edge(t).node for t in inputs if t.requires_grad}
         for leaf in tree_flatten(output)[0]:
             edge = None
             if isinstance(leaf, Tensor):

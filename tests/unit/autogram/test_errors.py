@@ -1,0 +1,206 @@
+"""Every error of the Engine: what it cannot compute exactly, it refuses."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from jdoptim.autogram import Engine
+
+
+def _x(*shape: int) -> Tensor:
+    return torch.randn(*shape, dtype=torch.float64)
+
+
+def test_modules_must_be_modules() -> None:
+    with pytest.raises(TypeError, match="modules"):
+        Engine(torch.randn(2), batch_dim=0)  # type: ignore[arg-type]
+
+
+def test_at_least_one_module() -> None:
+    with pytest.raises(ValueError, match="modules"):
+        Engine(batch_dim=0)
+
+
+@pytest.mark.parametrize("batch_dim", [0.5, True, "0"])
+def test_batch_dim_must_be_an_int_or_none(batch_dim: object) -> None:
+    with pytest.raises(TypeError, match="batch_dim"):
+        Engine(nn.Linear(2, 2), batch_dim=batch_dim)  # type: ignore[arg-type]
+
+
+def test_batch_dim_is_required() -> None:
+    with pytest.raises(TypeError, match="batch_dim"):
+        Engine(nn.Linear(2, 2))  # type: ignore[call-arg]
+
+
+@pytest.mark.parametrize(
+    "norm",
+    [
+        nn.BatchNorm1d(3),
+        nn.BatchNorm1d(3, affine=False),
+        nn.BatchNorm1d(3, track_running_stats=False).eval(),
+        nn.InstanceNorm1d(3, track_running_stats=True),
+    ],
+    ids=["train", "no_affine", "no_running_stats", "instance_norm_running_stats"],
+)
+def test_batch_statistics_are_refused_with_a_batch_dim(norm: nn.Module) -> None:
+    model = nn.Sequential(nn.Linear(2, 3), norm)
+    with pytest.raises(ValueError, match="batch_dim=None"):
+        Engine(model, batch_dim=0)
+
+
+def test_batch_norm_switched_to_training_after_construction() -> None:
+    model = nn.Sequential(nn.Linear(2, 3), nn.BatchNorm1d(3)).double().eval()
+    engine = Engine(model, batch_dim=0)
+    model.train()
+    losses = model(_x(4, 2)).sum(1)
+    with pytest.raises(ValueError, match="GroupNorm"):
+        engine.compute_gramian(losses)
+
+
+def test_recurrent_module_is_refused_with_a_batch_dim() -> None:
+    with pytest.raises(ValueError, match="batch_dim=None"):
+        Engine(nn.LSTM(2, 3, batch_first=True), batch_dim=0)
+
+
+def test_tensor_not_batched_on_the_first_dimension() -> None:
+    layer = nn.Linear(3, 2).double()
+    engine = Engine(layer, batch_dim=1)
+    losses = layer(_x(5, 4, 3)).sum(-1)  # [5, 4]: the batch (dim 1) is not first for the layer
+    with pytest.raises(ValueError, match="first dimension"):
+        engine.compute_gramian(losses)
+
+
+@pytest.mark.parametrize("batch_dim", [2, -3])
+def test_batch_dim_out_of_range(batch_dim: int) -> None:
+    layer = nn.Linear(3, 2).double()
+    engine = Engine(layer, batch_dim=batch_dim)
+    with pytest.raises(ValueError, match="batch_dim"):
+        engine.compute_gramian(layer(_x(4, 3)))
+
+
+def test_scalar_output_with_a_batch_dim() -> None:
+    layer = nn.Linear(3, 2).double()
+    engine = Engine(layer, batch_dim=0)
+    with pytest.raises(ValueError, match="batch_dim=None"):
+        engine.compute_gramian(layer(_x(4, 3)).sum())
+
+
+def test_output_must_be_a_tensor() -> None:
+    engine = Engine(nn.Linear(3, 2), batch_dim=0)
+    with pytest.raises(TypeError, match="output"):
+        engine.compute_gramian([1.0, 2.0])  # type: ignore[arg-type]
+
+
+def test_output_must_be_floating() -> None:
+    engine = Engine(nn.Linear(3, 2), batch_dim=0)
+    with pytest.raises(TypeError, match="output"):
+        engine.compute_gramian(torch.ones(3, dtype=torch.long))
+
+
+def test_output_must_require_grad() -> None:
+    engine = Engine(nn.Linear(3, 2), batch_dim=0)
+    with pytest.raises(ValueError, match="output"):
+        engine.compute_gramian(torch.ones(3))
+
+
+class ReadsChildWeight(nn.Module):
+    """Uses the weight of a child directly in its own forward (the child is never called)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.layer = nn.Linear(3, 3)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return F.linear(x, self.layer.weight)
+
+
+def test_parameter_used_outside_the_forward_of_its_module() -> None:
+    model = ReadsChildWeight().double()
+    engine = Engine(model, batch_dim=0)
+    losses = model(_x(4, 3)).sum(1)
+    with pytest.raises(ValueError, match="`layer.weight`"):
+        engine.compute_gramian(losses)
+
+
+class BorrowsWeight(nn.Module):
+    """A layer whose forward uses the weight of another, unrelated, layer."""
+
+    def __init__(self, other: nn.Linear) -> None:
+        super().__init__()
+        self.scale = nn.Parameter(torch.ones(3))
+        self.other = [other]  # not a submodule
+
+    def forward(self, x: Tensor) -> Tensor:
+        return F.linear(x * self.scale, self.other[0].weight)
+
+
+def test_parameter_used_inside_the_forward_of_a_module_that_does_not_own_it() -> None:
+    first = nn.Linear(3, 3).double()
+    second = BorrowsWeight(first).double()
+    engine = Engine(first, second, batch_dim=0)
+    losses = second(first(_x(4, 3))).sum(1)
+    with pytest.raises(ValueError, match="does not own it"):
+        engine.compute_gramian(losses)
+
+
+def test_input_modified_in_place_after_the_call() -> None:
+    layer = nn.Linear(3, 2).double()
+    engine = Engine(layer, batch_dim=0)
+    x = _x(4, 3)
+    losses = layer(x).sum(1)
+    x.add_(1.0)
+    with pytest.raises(ValueError, match="modified in place"):
+        engine.compute_gramian(losses)
+
+
+def test_module_modifying_its_input_in_place() -> None:
+    class AddsInPlace(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.bias = nn.Parameter(torch.ones(3, dtype=torch.float64))
+
+        def forward(self, x: Tensor) -> Tensor:
+            return x.add_(self.bias)
+
+    first, second = nn.Linear(3, 3).double(), AddsInPlace()
+    engine = Engine(second, batch_dim=0)
+    losses = second(first(_x(4, 3))).sum(1)
+    with pytest.raises(ValueError, match="in place"):
+        engine.compute_gramian(losses)
+
+
+class NoisyLayer(nn.Module):
+    """Dropout inside a module with parameters."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.randn(3, 3, dtype=torch.float64))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return F.dropout(x @ self.weight, 0.5, self.training)
+
+
+@pytest.mark.parametrize("batch_dim", [0, None])
+def test_randomness_inside_a_module_in_training_mode(batch_dim: int | None) -> None:
+    model = NoisyLayer()
+    engine = Engine(model, batch_dim=batch_dim)
+    losses = model(_x(4, 3)).sum(1)
+    with pytest.raises(ValueError, match="random"):
+        engine.compute_gramian(losses)
+
+
+def test_randomness_inside_a_module_in_eval_mode_is_fine() -> None:
+    model = NoisyLayer().eval()
+    engine = Engine(model, batch_dim=0)
+    losses = model(_x(4, 3)).sum(1)
+    assert engine.compute_gramian(losses).shape == (4, 4)
+
+
+def test_removed_engine_records_nothing() -> None:
+    layer = nn.Linear(3, 2)
+    engine = Engine(layer, batch_dim=0)
+    engine.remove()
+    assert not layer._forward_hooks and not layer._forward_pre_hooks
