@@ -8,51 +8,12 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import ClassVar
 
 import pytest
 import torch
 
+from jdoptim import aggregation
 from jdoptim.aggregation import Aggregator
-
-
-class _Resolver:
-    """TEMPORARY: finds aggregators in their private modules until they are re-exported."""
-
-    _modules: ClassVar[dict[str, str]] = {
-        "UPGrad": "_upgrad",
-        "DualProj": "_dualproj",
-        "MGDA": "_mgda",
-        "IMTLG": "_imtlg",
-        "AlignedMTL": "_aligned_mtl",
-        "CAGrad": "_cagrad",
-        "NashMTL": "_nash_mtl",
-        "PCGrad": "_pcgrad",
-        "Krum": "_krum",
-        "Constant": "_constant",
-        "Random": "_random",
-        "ConFIG": "_config",
-        "GradDrop": "_graddrop",
-        "TrimmedMean": "_trimmed_mean",
-        "Mean": "_mean",
-        "Sum": "_sum",
-    }
-
-    def __getattr__(self, name: str) -> object:
-        import importlib
-
-        import jdoptim.aggregation as package
-
-        if hasattr(package, name):
-            return getattr(package, name)
-        try:
-            module = importlib.import_module(f"jdoptim.aggregation.{self._modules[name]}")
-        except ImportError as error:
-            raise AttributeError(name) from error
-        return getattr(module, name)
-
-
-aggregation = _Resolver()
 
 
 @dataclass(frozen=True)
@@ -132,6 +93,39 @@ ALL_CASES = [
     GRADDROP,
     TRIMMED_MEAN,
 ]
+
+#: SPEC §2: the aggregators whose output cannot be backpropagated through.
+NON_DIFFERENTIABLE = {
+    "CAGrad",
+    "ConFIG",
+    "DualProj",
+    "GradDrop",
+    "IMTLG",
+    "NashMTL",
+    "PCGrad",
+    "UPGrad",
+}
+
+#: SPEC §2's table: the aggregators with a Gramian weighting.
+GRAMIAN_WEIGHTED = {
+    "UPGrad",
+    "DualProj",
+    "MGDA",
+    "CAGrad",
+    "AlignedMTL",
+    "IMTLG",
+    "PCGrad",
+    "Krum",
+    "Mean",
+    "Sum",
+    "Constant",
+    "Random",
+}
+
+
+def class_name(case: AggregatorCase) -> str:
+    """The aggregator's class name (case names may add the parameters of a variant)."""
+    return case.name.split("(")[0]
 
 
 def params(cases: list[AggregatorCase]) -> list[object]:

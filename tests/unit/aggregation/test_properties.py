@@ -8,6 +8,8 @@ of length k).
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 from _aggregators import (
@@ -125,15 +127,16 @@ def test_dual_cone_aggregators_are_non_conflicting(case: AggregatorCase, matrix:
 
 @given(matrix=matrices())
 def test_mgda_is_non_conflicting(matrix: Tensor) -> None:
-    r"""Frank–Wolfe stops when its step ``γ = (b - a) / (b + c - 2a)`` falls below ``epsilon``,
-    with ``a = min (Gα)``, ``b = αᵀGα ≥ 0`` and ``c = G_tt``: then ``b - a < ε (b + c - 2a)``,
-    i.e. ``a > -ε c / (1 - 2ε)``, so ``J · A(J) ≥ -ε / (1 - 2ε) · max diag(G)``.
+    r"""Frank–Wolfe takes its last step ``γ = (b - a) / (b + c - 2a) < ε`` from a point with
+    ``a = min (Gα)``, ``b = αᵀGα ≥ 0`` and ``c = G_tt``: there ``b - a < ε (b + c - 2a)``, i.e.
+    ``a > -ε c / (1 - 2ε)``; the step itself moves ``Gα`` by at most ``ε · max diag(G)``. So
+    ``J · A(J) ≥ -(ε / (1 - 2ε) + ε) · max diag(G)``.
     """
     output = _aggregate(MGDA, matrix)
     products = matrix.double() @ output.double()
     row_norms = matrix.double().norm(dim=1)
     largest = (row_norms**2).max()
-    tolerance = MGDA_EPSILON / (1 - 2 * MGDA_EPSILON) * largest
+    tolerance = (MGDA_EPSILON / (1 - 2 * MGDA_EPSILON) + MGDA_EPSILON) * largest
     tolerance = tolerance + _rounding(matrix) * row_norms * row_norms.max()
     assert (products >= -tolerance).all(), f"J·A(J) = {products}, tolerance {tolerance}"
 
@@ -156,8 +159,13 @@ PERMUTATION_INVARIANT = [
     TRIMMED_MEAN,
 ]
 
-#: Relative tolerance of each aggregator's outputs, in units of the largest row norm.
-PERMUTATION_TOLERANCE = {"MGDA": 0.1}
+#: Tolerance on the outputs, in units of the largest row norm: rounding, except for MGDA whose
+#: Frank–Wolfe iterations may take another path when permuted rows break ties differently. With
+#: x* the min-norm point, x its last iterate before the final step and ``a, b, c, ε`` as in
+#: ``test_mgda_is_non_conflicting``: ``‖x - x*‖² ≤ ‖x‖² - ‖x*‖² ≤ 2 (b - a) ≤ 8ε max‖gᵢ‖²``
+#: (convexity, then the stopping rule), and the final step moves x by at most ``2ε max‖gᵢ‖``;
+#: two runs can be twice that apart.
+PERMUTATION_TOLERANCE = {"MGDA": 2 * (math.sqrt(8 * MGDA_EPSILON) + 2 * MGDA_EPSILON)}
 DEFAULT_PERMUTATION_TOLERANCE = 1e-4
 
 
