@@ -12,7 +12,8 @@ Times are medians of repeated steps in one process (configurations interleaved, 
 noise of a shared machine hits them alike). Peak memory is measured for each configuration in
 its own subprocess, as the growth of the peak resident set size during one step over the
 resident size just before it (after a warm-up step with a batch of 2, so that lazy
-initialisation is not counted).
+initialisation is not counted); the subprocess sets ``MALLOC_MMAP_THRESHOLD_`` so that freed
+tensors leave the resident set at once.
 
 Run ``PYTHONPATH=. python benchmarks/autogram_iwrm.py``; other scripts call :func:`run`.
 """
@@ -21,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import statistics
 import subprocess
@@ -186,6 +188,8 @@ def measure_peak_memory(
             check=True,
             capture_output=True,
             text=True,
+            # Large blocks from mmap, released at once: the resident size follows the tensors.
+            env={**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536"},
         )
         peaks[configuration] = int(completed.stdout.strip().splitlines()[-1])
     return peaks

@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import torch
 from torch import Tensor, nn
-from torch.autograd.graph import GradientEdge
 
+from ._backward_pass import accumulate_gramian
 from ._batch_checks import check_batch_independence
-from ._gramian import group_gramian
 from ._graph import EngineParameter, find_used_parameters
 from ._layout import to_generalized_gramian
 from ._module_hooks import CallRecorder, ModuleCall
@@ -167,12 +166,9 @@ class Engine:
             _check_call(call, samples if batch_dim is not None else None, self.batch_dim)
         if not relevant:
             return to_generalized_gramian(gramian, shape, batch_dim)
-        deltas = _output_gradients(output, relevant, batch_dim, rows)
-        for group in _groups_sharing_parameters(relevant, used):
-            contribution = group_gramian(group, deltas, used, batch_dim is not None)
-            gramian += contribution.to(gramian.dtype)
-            for call in group:
-                del deltas[call]
+        groups = _groups_sharing_parameters(relevant, used)
+        grad_outputs = _row_selectors(output, batch_dim, rows)
+        accumulate_gramian(output, grad_outputs, rows, groups, used, batch_dim is not None, gramian)
         return to_generalized_gramian(gramian, shape, batch_dim)
 
     def remove(self) -> None:
@@ -223,51 +219,22 @@ def _check_call(call: ModuleCall, samples: int | None, batch_dim: int | None) ->
             )
 
 
-def _output_gradients(
-    output: Tensor, calls: list[ModuleCall], batch_dim: int | None, rows: int
-) -> dict[ModuleCall, list[Tensor | None]]:
-    """Gradients ``[rows, *leaf.shape]`` of the losses w.r.t. every output of every call.
+def _row_selectors(output: Tensor, batch_dim: int | None, rows: int) -> Tensor:
+    """``grad_outputs`` selecting each row: the losses at one position of the non-batch dims.
 
-    Row ``t`` is the gradient of the sum over the batch of the losses at position ``t`` of the
-    other dimensions (without a batch dimension, of the ``t``-th loss alone).
+    Row ``t`` sums the losses of every sample at position ``t`` of the other dimensions
+    (without a batch dimension, it is the ``t``-th loss alone). With one row, the selector is
+    simply a tensor of ones shaped like ``output``.
     """
-    edges: list[GradientEdge] = []
-    index: dict[tuple[object, int], int] = {}
-    for call in calls:
-        for edge in call.output_edges:
-            if edge is not None and (edge.node, edge.output_nr) not in index:
-                index[(edge.node, edge.output_nr)] = len(edges)
-                edges.append(edge)
     shape = output.shape
     if rows == 1:
-        grad_outputs = torch.ones_like(output)
-    elif batch_dim is None:
-        grad_outputs = torch.eye(rows, dtype=output.dtype, device=output.device).reshape(
-            rows, *shape
-        )
-    else:
-        others = [size for d, size in enumerate(shape) if d != batch_dim]
-        identity = torch.eye(rows, dtype=output.dtype, device=output.device)
-        grad_outputs = (
-            identity.reshape(rows, *others).unsqueeze(1 + batch_dim).expand(rows, *shape)
-        ).contiguous()
-    gradients = torch.autograd.grad(
-        output,
-        edges,
-        grad_outputs,
-        retain_graph=True,
-        allow_unused=True,
-        is_grads_batched=rows > 1,
-    )
-    if rows == 1:
-        gradients = tuple(None if g is None else g.unsqueeze(0) for g in gradients)
-    deltas: dict[ModuleCall, list[Tensor | None]] = {}
-    for call in calls:
-        deltas[call] = [
-            None if edge is None else gradients[index[(edge.node, edge.output_nr)]]
-            for edge in call.output_edges
-        ]
-    return deltas
+        return torch.ones_like(output)
+    identity = torch.eye(rows, dtype=output.dtype, device=output.device)
+    if batch_dim is None:
+        return identity.reshape(rows, *shape)
+    others = [size for d, size in enumerate(shape) if d != batch_dim]
+    selectors = identity.reshape(rows, *others).unsqueeze(1 + batch_dim)
+    return selectors.expand(rows, *shape).contiguous()
 
 
 def _groups_sharing_parameters(

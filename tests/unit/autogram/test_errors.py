@@ -121,7 +121,7 @@ def test_parameter_used_outside_the_forward_of_its_module() -> None:
     model = ReadsChildWeight().double()
     engine = Engine(model, batch_dim=0)
     losses = model(_x(4, 3)).sum(1)
-    with pytest.raises(ValueError, match="`layer.weight`"):
+    with pytest.raises(ValueError, match=r"`layer\.weight`"):
         engine.compute_gramian(losses)
 
 
