@@ -12,9 +12,13 @@ Run from the repository root: ``python docs/make_figures.py`` (or ``--only aggre
 from __future__ import annotations
 
 import argparse
+import contextlib
+import importlib.util
+import io
 import math
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from types import ModuleType
 
 import matplotlib
 
@@ -175,8 +179,33 @@ def make_aggregators(path: Path) -> None:
     plt.close(fig)
 
 
+def load_quickstart() -> ModuleType:
+    """Imports ``examples/quickstart.py`` (the examples folder is not a package)."""
+    path = Path(__file__).resolve().parents[1] / "examples" / "quickstart.py"
+    spec = importlib.util.spec_from_file_location("jdoptim_example_quickstart", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def make_quickstart_curves(path: Path) -> None:
-    raise NotImplementedError
+    with contextlib.redirect_stdout(io.StringIO()):
+        history = load_quickstart().main([])  # the quickstart's defaults
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.2), sharex=True)
+    styles = {"JacobianOptimizer(UPGrad)": UPDATE_COLOR, "summed loss": "0.45"}
+    for task, ax in enumerate(axes):
+        for name, runs in history.items():
+            steps = np.arange(1, len(runs) + 1)
+            ax.plot(steps, [losses[task] for losses in runs], color=styles.get(name), label=name)
+        ax.set_yscale("log")
+        ax.set_xlabel("step")
+        ax.set_title(f"task {task + 1} training loss", fontsize=10)
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
 
 
 FIGURES: dict[str, tuple[str, Callable[[Path], None]]] = {

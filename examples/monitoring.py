@@ -3,8 +3,9 @@
 Aggregators and weightings are ``nn.Module``s called on every use, so forward hooks see what
 they do. A hook on ``aggregator.gramian_weighting`` receives the Gramian ``G = J Jᵀ`` of the
 task gradients (from which their cosine similarities are ``G_ij / sqrt(G_ii G_jj)``) and the
-weights it returns. ``JacobianOptimizer.last_weights`` also gives the weights of the last step,
-at no cost.
+weights it returns. Without any hook, ``JacobianOptimizer.last_weights`` gives the weights of
+the last step and ``JacobianOptimizer.diagnostics()`` the cosine similarities and the number of
+conflicting pairs, both computed from the Gramian the aggregator already needed.
 
 Run: ``python examples/monitoring.py --steps 50``.
 """
@@ -59,7 +60,13 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
                 f"cos(g2,g3) {cosine[1, 2].item():+.3f}  conflicting pairs {record['conflicts']}"
             )
     handle.remove()
-    print(f"last weights from the optimizer: {optimizer.last_weights}")
+
+    # The same information from the optimizer, without hooks.
+    (weights,) = optimizer.last_weights  # one entry per parameter group
+    (diagnostics,) = optimizer.diagnostics()
+    assert weights is not None and diagnostics is not None
+    print(f"last weights from the optimizer: {[round(w, 3) for w in weights.tolist()]}")
+    print(f"conflicting pairs from the optimizer: {diagnostics.n_conflicting_pairs}")
     return records
 
 
