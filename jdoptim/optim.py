@@ -6,12 +6,14 @@ import copy
 import math
 from collections import OrderedDict, defaultdict
 from collections.abc import Callable, Iterable, Sequence
+from contextlib import AbstractContextManager, nullcontext
 from typing import Any, NamedTuple, Protocol, cast
 
 import torch
 from torch import Tensor
 from torch.optim import Optimizer
 
+from ._shared_random import SharedRandomness
 from .aggregation import Aggregator, Flattening, GeneralizedWeighting, Weighting
 from .aggregation._bases import GramianWeightedAggregator
 from .aggregation._weights import aggregate_with_weights
@@ -104,6 +106,8 @@ class _Runtime:
     def __init__(self) -> None:
         self.last_weights: tuple[Tensor | None, ...] = ()
         self.gramians: tuple[Tensor | None, ...] = ()
+        # Whether everything the last backward wrote into .grad is known to be finite.
+        self.wrote_finite = False
 
 
 class _Block(NamedTuple):
@@ -159,12 +163,38 @@ class JacobianOptimizer(Optimizer):
     optimizer's state and the aggregators' state are as before the call. (Errors raised by the
     wrapped optimizer's own ``step`` are its own; torch's optimizers validate before updating.)
 
-    **Distributed.** With ``process_group``, Jacobian mode averages the Jacobians (and, in
-    multi-task mode, the task-specific gradients) across the ranks with one ``all_reduce`` of
-    one flat buffer before aggregating, so that every rank aggregates the same matrix. Every
-    parameter requiring grad then gets a Jacobian (zero where unused) so that all ranks share
-    the buffer's layout. Gramian mode does not use it: its ``.grad`` is synchronised as usual
-    (e.g. by ``DistributedDataParallel``).
+    **Distributed** (see :doc:`/examples/distributed`). With ``process_group``, Jacobian mode
+    averages the Jacobians (and, in multi-task mode, the task-specific gradients) across the
+    ranks with one ``all_reduce`` of one flat buffer per step, before aggregating, so that every
+    rank aggregates the same matrix: with mean-reduced losses on equal shards of the batch, this
+    is the step of one process holding the whole batch, and the parameters stay bit-identical
+    across ranks. Every parameter requiring grad then gets a Jacobian (zero where unused) so
+    that all ranks share the buffer's layout. Aggregators that draw random numbers (e.g.
+    :class:`~jdoptim.aggregation.Random`, :class:`~jdoptim.aggregation.GradDrop`,
+    :class:`~jdoptim.aggregation.PCGrad`) draw the same ones on every rank: the aggregation runs
+    under :func:`torch.random.fork_rng`, with torch's global generator seeded from a generator
+    shared by the ranks, itself seeded once, at the first step, with rank 0's
+    :func:`torch.initial_seed` (one broadcast; no communication in later steps). Its state is
+    saved by :meth:`state_dict`, so a resumed run draws what the uninterrupted one would; the
+    global generators (dropout, data order) are left untouched.
+
+    A model wrapped in :class:`~torch.nn.parallel.DistributedDataParallel` (DDP) works as it
+    is: Jacobian mode differentiates with :func:`torch.autograd.grad`, which does not run the
+    gradient-accumulation hooks through which DDP reduces gradients, so DDP's reducer stays
+    idle and the optimizer's ``all_reduce`` is the only gradient communication (DDP still
+    broadcasts the parameters at construction and the buffers at each forward). Running the
+    forward under ``ddp.no_sync()`` also skips the reducer's per-iteration bookkeeping (and,
+    with ``find_unused_parameters=True``, its search of the graph); it is optional.
+    ``static_graph=True`` brings nothing here (its first iteration spends one extra collective).
+
+    Gramian mode does not use ``process_group``: ``losses.backward(weights)`` runs DDP's hooks,
+    which average :math:`J_r^\top w_r` over the ranks :math:`r`, where :math:`w_r` comes from
+    the Gramian of rank :math:`r`'s own losses. This is *rank-local* Jacobian descent, not the
+    single-process step: the weights never see the inner products between the gradients of
+    losses held by different ranks, so conflicts across ranks are not resolved (for a weighting
+    that ignores the Gramian, such as :class:`~jdoptim.aggregation.Mean`, the two coincide).
+    Do not combine it with DDP's ``static_graph=True``: its first-iteration reduction would run
+    during the Gramian's backward pass, before the weighted one, and the ranks would diverge.
 
     Args:
         optimizer: the optimizer to wrap (SGD, Adam, AdamW, LBFGS, custom ones). Its parameter
@@ -257,6 +287,7 @@ class JacobianOptimizer(Optimizer):
         self._engine = engine
         self._parallel_chunk_size = parallel_chunk_size
         self._process_group = process_group
+        self._shared_random = None if process_group is None else SharedRandomness(process_group)
         self._runtime = _Runtime()
         self.record_gramians = False
         for index, group in enumerate(optimizer.param_groups):
@@ -429,16 +460,27 @@ class JacobianOptimizer(Optimizer):
                 )
             self._check_finite_grads()
             return self._inner.step()
+        self._backward_and_check(losses, backward_kwargs)
+        return self._inner.step()
+
+    def _backward_and_check(self, losses: Any, backward_kwargs: dict[str, Any]) -> None:
+        """:meth:`backward`, then refuses non-finite gradients, undoing the backward if so.
+
+        When every ``.grad`` was None before and the backward knows that what it wrote is
+        finite (it saw finite Gramians and weights), no pass over the gradients is needed.
+        """
         grads = _grad_references(self.param_groups)
+        fresh = all(grad is None for _, grad in grads)
         aggregator_states = self._snapshot_aggregators()
         self.backward(losses, **backward_kwargs)
+        if fresh and self._runtime.wrote_finite:
+            return
         try:
             self._check_finite_grads()
         except NonFiniteGradientError:
             _restore_grads(grads)
             self._restore_aggregators(aggregator_states)
             raise
-        return self._inner.step()
 
     def backward(
         self,
@@ -526,6 +568,8 @@ class JacobianOptimizer(Optimizer):
                 if "aggregator" in group
             },
         }
+        if self._shared_random is not None:
+            state_dict["jdoptim"]["shared_rng_state"] = self._shared_random.state()
         for post_hook in self._optimizer_state_dict_post_hooks.values():
             result = post_hook(self, state_dict)
             if result is not None:
@@ -561,14 +605,20 @@ class JacobianOptimizer(Optimizer):
                 loads.append((self.param_groups[index]["aggregator"], saved))
         previous_groups, previous_state = self._inner.param_groups, self._inner.state
         previous_modules = [_clone_state(module) for module in modules]
+        shared = self._shared_random
+        previous_rng = None if shared is None else shared.state()
         try:
             self._inner.load_state_dict(state_dict)
             for module, saved in loads:
                 module.load_state_dict(saved)
+            if shared is not None and extra is not None and "shared_rng_state" in extra:
+                shared.load_state(extra["shared_rng_state"])
         except BaseException:
             self._inner.param_groups, self._inner.state = previous_groups, previous_state
             for module, saved in zip(modules, previous_modules, strict=True):
                 module.load_state_dict(saved)
+            if shared is not None:
+                shared.load_state(previous_rng)
             raise
         for post_hook in self._optimizer_load_state_dict_post_hooks.values():
             post_hook(self)
@@ -581,6 +631,7 @@ class JacobianOptimizer(Optimizer):
             "_engine": self._engine,
             "_parallel_chunk_size": self._parallel_chunk_size,
             "_process_group": self._process_group,
+            "_shared_random": self._shared_random,
             "record_gramians": self.record_gramians,
         }
 
@@ -773,7 +824,9 @@ class JacobianOptimizer(Optimizer):
                 task_updates.append((param, task_grads[offset : offset + size]))
                 offset += size
         del task_jacobians
-        self._aggregate_and_write(shared_blocks, views, buffer, task_updates)
+        self._aggregate_and_write(
+            shared_blocks, views, buffer, task_updates, _all_finite([u for _, u in task_updates])
+        )
 
     def _all_reduce(self, buffer: Tensor) -> None:
         if self._process_group is None:
@@ -793,39 +846,46 @@ class JacobianOptimizer(Optimizer):
         views: list[Tensor],
         buffer: Tensor,
         extra_updates: Sequence[tuple[Tensor, Tensor]] = (),
+        known_finite: bool = True,
     ) -> None:
-        """Aggregates each block, then (only once everything succeeded) writes ``.grad``."""
+        """Aggregates each block, then (only once everything succeeded) writes ``.grad``.
+
+        ``known_finite`` says whether ``extra_updates`` are known to be finite.
+        """
         n_groups = len(self.param_groups)
         weights: list[Tensor | None] = [None] * n_groups
         gramians: list[Tensor | None] = [None] * n_groups
         updates: list[tuple[Tensor, Tensor]] = list(extra_updates)
         snapshot = self._snapshot_aggregators()
         try:
-            for block, matrix in zip(blocks, views, strict=True):
-                if not block.params:
-                    continue
-                aggregator = self._aggregator_of(block.group_index)
-                try:
-                    update, weights[block.group_index], gramians[block.group_index] = _aggregate(
-                        aggregator, matrix, self.record_gramians
-                    )
-                except ValueError as error:
-                    raise ValueError(
-                        f"The aggregator {aggregator} of parameter group {block.group_index} "
-                        f"rejected the Jacobian of shape {list(matrix.shape)} (one row per loss): "
-                        f"{error}"
-                    ) from error
-                if update.shape != (matrix.shape[1],):
-                    raise ValueError(
-                        f"`aggregator` {aggregator} must return a vector of shape "
-                        f"[{matrix.shape[1]}], but returned shape {list(update.shape)}."
-                    )
-                if _shares_memory(update, buffer):
-                    update = update.clone()
-                offset = 0
-                for param, size in zip(block.params, block.sizes, strict=True):
-                    updates.append((param, update[offset : offset + size]))
-                    offset += size
+            with self._same_randomness_on_every_rank(buffer.device):
+                for block, matrix in zip(blocks, views, strict=True):
+                    if not block.params:
+                        continue
+                    i = block.group_index
+                    aggregator = self._aggregator_of(i)
+                    try:
+                        update, weights[i], gramians[i], finite = _aggregate(
+                            aggregator, matrix, self.record_gramians
+                        )
+                        known_finite = known_finite and finite
+                    except ValueError as error:
+                        raise ValueError(
+                            f"The aggregator {aggregator} of parameter group {block.group_index} "
+                            f"rejected the Jacobian of shape {list(matrix.shape)} (one row per "
+                            f"loss): {error}"
+                        ) from error
+                    if update.shape != (matrix.shape[1],):
+                        raise ValueError(
+                            f"`aggregator` {aggregator} must return a vector of shape "
+                            f"[{matrix.shape[1]}], but returned shape {list(update.shape)}."
+                        )
+                    if _shares_memory(update, buffer):
+                        update = update.clone()
+                    offset = 0
+                    for param, size in zip(block.params, block.sizes, strict=True):
+                        updates.append((param, update[offset : offset + size]))
+                        offset += size
         except BaseException:
             self._restore_aggregators(snapshot)
             raise
@@ -834,6 +894,13 @@ class JacobianOptimizer(Optimizer):
                 _accumulate_grad(param, update.detach().view(param.shape))
         self._runtime.last_weights = tuple(weights)
         self._runtime.gramians = tuple(gramians)
+        self._runtime.wrote_finite = known_finite
+
+    def _same_randomness_on_every_rank(self, device: torch.device) -> AbstractContextManager[Any]:
+        """With a process group, the aggregators draw the same random numbers on every rank."""
+        if self._shared_random is None:
+            return nullcontext()
+        return self._shared_random.fork(device)
 
     # -- Gramian mode -----------------------------------------------------------------------------
 
@@ -874,8 +941,10 @@ class JacobianOptimizer(Optimizer):
             weighting = self._gramian_weighting()
             if not isinstance(weighting, GeneralizedWeighting) and output.dim() > 1:
                 weighting = Flattening(weighting)
-            if bool(torch.isfinite(gramian).all()):
+            known_finite = bool(torch.isfinite(gramian).all())
+            if known_finite:
                 weights = weighting(gramian).detach()
+                known_finite = bool(torch.isfinite(weights).all())
             else:
                 weights = torch.full_like(output, math.nan)
             if weights.shape != output.shape:
@@ -909,6 +978,7 @@ class JacobianOptimizer(Optimizer):
             square = gramian.permute(order).reshape(output.numel(), output.numel())
         self._runtime.last_weights = tuple(weights for _ in groups)
         self._runtime.gramians = tuple(square.detach() for _ in groups)
+        self._runtime.wrote_finite = known_finite
 
     # -- closures and transactions ----------------------------------------------------------------
 
@@ -925,8 +995,7 @@ class JacobianOptimizer(Optimizer):
             with torch.enable_grad():
                 result = closure()
             if _requires_grad(result):
-                self.backward(result, **backward_kwargs)
-                self._check_finite_grads()
+                self._backward_and_check(result, backward_kwargs)
                 return torch.stack([loss.detach().sum() for loss in _as_losses(result)]).sum()
             self._check_finite_grads()
             return result
@@ -1074,8 +1143,27 @@ def _rows(losses: list[Tensor], jac_outputs: list[Tensor] | None) -> int:
 
 
 def _leaf_ids(roots: list[Tensor]) -> set[int]:
-    leaves, _ = leaves_in_order_of_first_use(roots)
-    return {id(leaf) for leaf in leaves}
+    """The ids of the leaf tensors from which ``roots`` are computed (a walk of the graph)."""
+    ids: set[int] = set()
+    seen: set[Any] = set()
+    stack: list[Any] = []
+    for root in roots:
+        if root.grad_fn is None:
+            ids.add(id(root))
+        elif root.grad_fn not in seen:
+            seen.add(root.grad_fn)
+            stack.append(root.grad_fn)
+    while stack:
+        for child, _ in stack.pop().next_functions:
+            if child is None or child in seen:
+                continue
+            seen.add(child)
+            variable = getattr(child, "variable", None)
+            if variable is not None:
+                ids.add(id(variable))
+            else:
+                stack.append(child)
+    return ids
 
 
 def _flatten(
@@ -1121,8 +1209,14 @@ def _flatten(
 
 def _aggregate(
     aggregator: Aggregator, matrix: Tensor, record_gramian: bool
-) -> tuple[Tensor, Tensor | None, Tensor | None]:
-    """``(update, weights, gramian)``; a non-finite matrix never reaches a solver: NaN update."""
+) -> tuple[Tensor, Tensor | None, Tensor | None, bool]:
+    """``(update, weights, gramian, known_finite)``; a non-finite matrix never reaches a solver.
+
+    A non-finite matrix gives a NaN update. ``known_finite`` is True when the update is known to
+    be finite without looking at it: the Gramian was finite (so was the matrix, since the
+    diagonal of ``J Jᵀ`` sums the squares of each row) and so were the weights.
+    """
+    nan = torch.full_like(matrix[0], math.nan)
     if isinstance(aggregator, GramianWeightedAggregator):
         seen: list[Tensor] = []
 
@@ -1136,23 +1230,24 @@ def _aggregate(
         try:
             update, weights = aggregate_with_weights(aggregator, matrix)
         except _NonFiniteGramian:
-            return torch.full_like(matrix[0], math.nan), None, seen[-1]
+            return nan, None, seen[-1], False
         except Exception:
             if _all_finite([matrix]):
                 raise
-            return torch.full_like(matrix[0], math.nan), None, None
+            return nan, None, None, False
         finally:
             handle.remove()
         if seen:
-            return update, weights, seen[-1]
+            known_finite = weights is not None and bool(torch.isfinite(weights).all())
+            return update, weights, seen[-1], known_finite
         # A subclass that does not call its weighting: check the Jacobian itself.
         if not _all_finite([matrix]):
-            return torch.full_like(matrix[0], math.nan), None, None
-        return update, weights, (matrix @ matrix.T) if record_gramian else None
+            return nan, None, None, False
+        return update, weights, (matrix @ matrix.T) if record_gramian else None, False
     if not _all_finite([matrix]):
-        return torch.full_like(matrix[0], math.nan), None, None
+        return nan, None, None, False
     update, weights = aggregate_with_weights(aggregator, matrix)
-    return update, weights, (matrix @ matrix.T).detach() if record_gramian else None
+    return update, weights, (matrix @ matrix.T).detach() if record_gramian else None, False
 
 
 def _all_finite(tensors: Sequence[Tensor]) -> bool:
