@@ -14,6 +14,8 @@ import torch
 from numpy.typing import NDArray
 from torch import Tensor
 
+from ._dual_cone_torch import solve_dual_cone_torch
+
 #: A dual-cone solver: ``(gramian [m, m], lower_bounds [k, m]) -> solutions [k, m]``.
 DualConeSolver = Callable[[Tensor, Tensor], Tensor]
 
@@ -103,6 +105,7 @@ def _solve_rows(gramian: _Array, lower_bounds: _Array) -> _Array:
 
 _SOLVERS: dict[str, DualConeSolver] = {
     "quadprog": _solve_with_quadprog,
+    "torch": solve_dual_cone_torch,
 }
 
 
@@ -126,7 +129,8 @@ def solve_dual_cone(gramian: Tensor, lower_bounds: Tensor, solver: str = "quadpr
     Args:
         gramian: ``[m, m]`` symmetric positive (semi-)definite matrix ``G``.
         lower_bounds: ``[k, m]`` matrix whose rows are the lower bounds ``u_i``.
-        solver: ``"quadprog"`` (float64 on the CPU, one QP per row).
+        solver: ``"quadprog"`` (float64 on the CPU, one QP per row) or ``"torch"`` (all rows at
+            once by block principal pivoting, in float64 on the Gramian's device).
 
     Returns:
         ``[k, m]`` solutions, on ``gramian``'s device and with its dtype.
