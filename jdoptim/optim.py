@@ -106,6 +106,8 @@ class _Runtime:
     def __init__(self) -> None:
         self.last_weights: tuple[Tensor | None, ...] = ()
         self.gramians: tuple[Tensor | None, ...] = ()
+        # Whether everything the last backward wrote into .grad is known to be finite.
+        self.wrote_finite = False
 
 
 class _Block(NamedTuple):
@@ -458,16 +460,27 @@ class JacobianOptimizer(Optimizer):
                 )
             self._check_finite_grads()
             return self._inner.step()
+        self._backward_and_check(losses, backward_kwargs)
+        return self._inner.step()
+
+    def _backward_and_check(self, losses: Any, backward_kwargs: dict[str, Any]) -> None:
+        """:meth:`backward`, then refuses non-finite gradients, undoing the backward if so.
+
+        When every ``.grad`` was None before and the backward knows that what it wrote is
+        finite (it saw finite Gramians and weights), no pass over the gradients is needed.
+        """
         grads = _grad_references(self.param_groups)
+        fresh = all(grad is None for _, grad in grads)
         aggregator_states = self._snapshot_aggregators()
         self.backward(losses, **backward_kwargs)
+        if fresh and self._runtime.wrote_finite:
+            return
         try:
             self._check_finite_grads()
         except NonFiniteGradientError:
             _restore_grads(grads)
             self._restore_aggregators(aggregator_states)
             raise
-        return self._inner.step()
 
     def backward(
         self,
@@ -811,7 +824,9 @@ class JacobianOptimizer(Optimizer):
                 task_updates.append((param, task_grads[offset : offset + size]))
                 offset += size
         del task_jacobians
-        self._aggregate_and_write(shared_blocks, views, buffer, task_updates)
+        self._aggregate_and_write(
+            shared_blocks, views, buffer, task_updates, _all_finite([u for _, u in task_updates])
+        )
 
     def _all_reduce(self, buffer: Tensor) -> None:
         if self._process_group is None:
@@ -831,8 +846,12 @@ class JacobianOptimizer(Optimizer):
         views: list[Tensor],
         buffer: Tensor,
         extra_updates: Sequence[tuple[Tensor, Tensor]] = (),
+        known_finite: bool = True,
     ) -> None:
-        """Aggregates each block, then (only once everything succeeded) writes ``.grad``."""
+        """Aggregates each block, then (only once everything succeeded) writes ``.grad``.
+
+        ``known_finite`` says whether ``extra_updates`` are known to be finite.
+        """
         n_groups = len(self.param_groups)
         weights: list[Tensor | None] = [None] * n_groups
         gramians: list[Tensor | None] = [None] * n_groups
@@ -843,11 +862,13 @@ class JacobianOptimizer(Optimizer):
                 for block, matrix in zip(blocks, views, strict=True):
                     if not block.params:
                         continue
-                    aggregator = self._aggregator_of(block.group_index)
+                    i = block.group_index
+                    aggregator = self._aggregator_of(i)
                     try:
-                        update, weights[block.group_index], gramians[block.group_index] = (
-                            _aggregate(aggregator, matrix, self.record_gramians)
+                        update, weights[i], gramians[i], finite = _aggregate(
+                            aggregator, matrix, self.record_gramians
                         )
+                        known_finite = known_finite and finite
                     except ValueError as error:
                         raise ValueError(
                             f"The aggregator {aggregator} of parameter group {block.group_index} "
@@ -873,6 +894,7 @@ class JacobianOptimizer(Optimizer):
                 _accumulate_grad(param, update.detach().view(param.shape))
         self._runtime.last_weights = tuple(weights)
         self._runtime.gramians = tuple(gramians)
+        self._runtime.wrote_finite = known_finite
 
     def _same_randomness_on_every_rank(self, device: torch.device) -> AbstractContextManager[Any]:
         """With a process group, the aggregators draw the same random numbers on every rank."""
@@ -919,8 +941,10 @@ class JacobianOptimizer(Optimizer):
             weighting = self._gramian_weighting()
             if not isinstance(weighting, GeneralizedWeighting) and output.dim() > 1:
                 weighting = Flattening(weighting)
-            if bool(torch.isfinite(gramian).all()):
+            known_finite = bool(torch.isfinite(gramian).all())
+            if known_finite:
                 weights = weighting(gramian).detach()
+                known_finite = bool(torch.isfinite(weights).all())
             else:
                 weights = torch.full_like(output, math.nan)
             if weights.shape != output.shape:
@@ -954,6 +978,7 @@ class JacobianOptimizer(Optimizer):
             square = gramian.permute(order).reshape(output.numel(), output.numel())
         self._runtime.last_weights = tuple(weights for _ in groups)
         self._runtime.gramians = tuple(square.detach() for _ in groups)
+        self._runtime.wrote_finite = known_finite
 
     # -- closures and transactions ----------------------------------------------------------------
 
@@ -970,8 +995,7 @@ class JacobianOptimizer(Optimizer):
             with torch.enable_grad():
                 result = closure()
             if _requires_grad(result):
-                self.backward(result, **backward_kwargs)
-                self._check_finite_grads()
+                self._backward_and_check(result, backward_kwargs)
                 return torch.stack([loss.detach().sum() for loss in _as_losses(result)]).sum()
             self._check_finite_grads()
             return result
@@ -1119,8 +1143,27 @@ def _rows(losses: list[Tensor], jac_outputs: list[Tensor] | None) -> int:
 
 
 def _leaf_ids(roots: list[Tensor]) -> set[int]:
-    leaves, _ = leaves_in_order_of_first_use(roots)
-    return {id(leaf) for leaf in leaves}
+    """The ids of the leaf tensors from which ``roots`` are computed (a walk of the graph)."""
+    ids: set[int] = set()
+    seen: set[Any] = set()
+    stack: list[Any] = []
+    for root in roots:
+        if root.grad_fn is None:
+            ids.add(id(root))
+        elif root.grad_fn not in seen:
+            seen.add(root.grad_fn)
+            stack.append(root.grad_fn)
+    while stack:
+        for child, _ in stack.pop().next_functions:
+            if child is None or child in seen:
+                continue
+            seen.add(child)
+            variable = getattr(child, "variable", None)
+            if variable is not None:
+                ids.add(id(variable))
+            else:
+                stack.append(child)
+    return ids
 
 
 def _flatten(
@@ -1166,8 +1209,14 @@ def _flatten(
 
 def _aggregate(
     aggregator: Aggregator, matrix: Tensor, record_gramian: bool
-) -> tuple[Tensor, Tensor | None, Tensor | None]:
-    """``(update, weights, gramian)``; a non-finite matrix never reaches a solver: NaN update."""
+) -> tuple[Tensor, Tensor | None, Tensor | None, bool]:
+    """``(update, weights, gramian, known_finite)``; a non-finite matrix never reaches a solver.
+
+    A non-finite matrix gives a NaN update. ``known_finite`` is True when the update is known to
+    be finite without looking at it: the Gramian was finite (so was the matrix, since the
+    diagonal of ``J Jᵀ`` sums the squares of each row) and so were the weights.
+    """
+    nan = torch.full_like(matrix[0], math.nan)
     if isinstance(aggregator, GramianWeightedAggregator):
         seen: list[Tensor] = []
 
@@ -1181,23 +1230,24 @@ def _aggregate(
         try:
             update, weights = aggregate_with_weights(aggregator, matrix)
         except _NonFiniteGramian:
-            return torch.full_like(matrix[0], math.nan), None, seen[-1]
+            return nan, None, seen[-1], False
         except Exception:
             if _all_finite([matrix]):
                 raise
-            return torch.full_like(matrix[0], math.nan), None, None
+            return nan, None, None, False
         finally:
             handle.remove()
         if seen:
-            return update, weights, seen[-1]
+            known_finite = weights is not None and bool(torch.isfinite(weights).all())
+            return update, weights, seen[-1], known_finite
         # A subclass that does not call its weighting: check the Jacobian itself.
         if not _all_finite([matrix]):
-            return torch.full_like(matrix[0], math.nan), None, None
-        return update, weights, (matrix @ matrix.T) if record_gramian else None
+            return nan, None, None, False
+        return update, weights, (matrix @ matrix.T) if record_gramian else None, False
     if not _all_finite([matrix]):
-        return torch.full_like(matrix[0], math.nan), None, None
+        return nan, None, None, False
     update, weights = aggregate_with_weights(aggregator, matrix)
-    return update, weights, (matrix @ matrix.T).detach() if record_gramian else None
+    return update, weights, (matrix @ matrix.T).detach() if record_gramian else None, False
 
 
 def _all_finite(tensors: Sequence[Tensor]) -> bool:
