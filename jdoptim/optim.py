@@ -418,7 +418,8 @@ class JacobianOptimizer(Optimizer):
                 if set_to_none or not isinstance(jacobian, Tensor):
                     del param.jac
                 else:
-                    jacobian.detach_().zero_()
+                    with torch.no_grad():
+                        jacobian.zero_()
 
     def step(  # type: ignore[override]
         self,
