@@ -151,3 +151,78 @@ def test_float32_model() -> None:
     gramian = engine.compute_gramian(losses)
     assert gramian.dtype == torch.float32
     torch.testing.assert_close(gramian, explicit_gramian(losses, trainable(model)))
+
+
+@pytest.mark.parametrize("architecture", INDEPENDENT, ids=repr)
+def test_one_loss_per_sample(architecture: Architecture) -> None:
+    model = architecture.model
+    engine = Engine(model, batch_dim=0)
+    losses = architecture.losses(model, architecture.inputs).sum(1)
+    gramian = engine.compute_gramian(losses)
+    torch.testing.assert_close(gramian, explicit_gramian(losses, trainable(model)), **TOLERANCE)
+
+
+@pytest.mark.parametrize(
+    "convolution",
+    [
+        nn.Conv1d(2, 3, 3, stride=2, padding=1, bias=False),
+        nn.Conv2d(2, 3, (2, 3), stride=(2, 1), dilation=(1, 2), padding=(1, 0)),
+        nn.Conv2d(2, 3, 3, stride=3),
+        nn.Conv3d(2, 2, 2, padding=1),
+        nn.Conv2d(2, 4, 3, groups=2),
+        nn.Conv2d(2, 3, 3, padding="same"),
+        nn.Conv2d(2, 3, 3, padding=1, padding_mode="reflect"),
+    ],
+    ids=["conv1d_no_bias", "strided_dilated", "stride_3", "conv3d", "groups", "same", "reflect"],
+)
+@pytest.mark.parametrize("tasks", [1, 2])
+def test_convolutions(convolution: nn.Module, tasks: int) -> None:
+    convolution.double()
+    dims = {nn.Conv1d: 1, nn.Conv2d: 2, nn.Conv3d: 3}[type(convolution)]
+    x = torch.randn(3, 2, *([7] * dims), dtype=torch.float64)
+    engine = Engine(convolution, batch_dim=0)
+    out = convolution(x).flatten(1)
+    losses = torch.stack([(out**2).sum(1), out.sin().sum(1)][:tasks], dim=1).squeeze(1)
+    gramian = engine.compute_gramian(losses)
+    expected = explicit_gramian(losses, trainable(convolution))
+    torch.testing.assert_close(gramian, expected, **TOLERANCE)
+
+
+def test_frozen_convolution_weight() -> None:
+    model = nn.Sequential(nn.Conv2d(2, 3, 3), nn.Flatten(), nn.Linear(27, 2)).double()
+    model[0].weight.requires_grad_(False)
+    engine = Engine(model, batch_dim=0)
+    losses = model(torch.randn(4, 2, 5, 5, dtype=torch.float64)).pow(2).sum(1)
+    gramian = engine.compute_gramian(losses)
+    torch.testing.assert_close(gramian, explicit_gramian(losses, trainable(model)), **TOLERANCE)
+
+
+class TwoOutputs(nn.Module):
+    """Two outputs from different nodes: the smallest parameter only reaches one of them."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.scale = nn.Parameter(torch.tensor(1.5, dtype=torch.float64))
+        self.weight = nn.Parameter(torch.randn(3, 3, dtype=torch.float64))
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return x * self.scale, x @ self.weight
+
+
+@pytest.mark.parametrize("batch_dim", [0, None])
+def test_module_with_several_outputs(batch_dim: int | None) -> None:
+    model = TwoOutputs()
+    engine = Engine(model, batch_dim=batch_dim)
+    a, b = model(torch.randn(4, 3, dtype=torch.float64))
+    losses = (a.sin() + b.cos()).sum(1)
+    gramian = engine.compute_gramian(losses)
+    torch.testing.assert_close(gramian, explicit_gramian(losses, trainable(model)), **TOLERANCE)
+
+
+@pytest.mark.parametrize("architecture", ARCHITECTURES[:6], ids=repr)
+def test_scalar_loss(architecture: Architecture) -> None:
+    model = architecture.model
+    engine = Engine(model, batch_dim=None)
+    loss = architecture.losses(model, architecture.inputs).sum()
+    gramian = engine.compute_gramian(loss)
+    torch.testing.assert_close(gramian, explicit_gramian(loss, trainable(model)), **TOLERANCE)
