@@ -150,7 +150,9 @@ class JacobianOptimizer(Optimizer):
       :math:`w = W(G)` from ``weighting`` (else ``aggregator.gramian_weighting``, wrapped in
       :class:`~jdoptim.aggregation.Flattening` for losses with several dimensions), and
       ``losses.backward(w)`` writes :math:`J^\top w` into ``.grad``. One weighting serves all
-      parameter groups.
+      parameter groups. The Gramian covers the engine's parameters only: parameters of the
+      optimizer outside the engine's modules get :math:`J^\top w` with the same weights.
+      A list of losses is stacked (or, for different shapes, flattened and concatenated).
 
     **Mixed precision.** ``opt.backward(scaler.scale(losses)); scaler.step(opt);
     scaler.update()`` works with :class:`torch.amp.GradScaler`. A non-finite Jacobian (or
