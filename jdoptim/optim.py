@@ -187,7 +187,8 @@ class JacobianOptimizer(Optimizer):
     broadcasts the parameters at construction and the buffers at each forward). Running the
     forward under ``ddp.no_sync()`` also skips the reducer's per-iteration bookkeeping (and,
     with ``find_unused_parameters=True``, its search of the graph); it is optional.
-    ``static_graph=True`` brings nothing here (its first iteration spends one extra collective).
+    ``static_graph=True`` brings nothing here (its first iteration runs DDP's delayed reduction
+    for nothing).
 
     Gramian mode does not use ``process_group``: ``losses.backward(weights)`` runs DDP's hooks,
     which average :math:`J_r^\top w_r` over the ranks :math:`r`, where :math:`w_r` comes from
