@@ -101,9 +101,12 @@ def call_jacobians(
                 inputs, cotangents
             )
         except RuntimeError as error:
-            if "random" not in str(error):
-                raise
-            raise _randomness_error(module) from error
+            if "random" in str(error):
+                raise _randomness_error(module) from error
+            raise ValueError(
+                f"The module {type(module).__name__} cannot be replayed sample by sample with "
+                f"`torch.func.vmap` ({error}). Use `batch_dim=None`."
+            ) from error
         return [per_sample_jacobians[name].transpose(0, 1) for name, _ in named_parameters]
 
     states = _rng_states(primals.values())

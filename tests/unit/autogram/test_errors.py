@@ -204,3 +204,25 @@ def test_removed_engine_records_nothing() -> None:
     engine = Engine(layer, batch_dim=0)
     engine.remove()
     assert not layer._forward_hooks and not layer._forward_pre_hooks
+
+
+class DataDependent(nn.Module):
+    """Python control flow on the values of the input: impossible to vectorise over samples."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.randn(3, 3, dtype=torch.float64))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x @ self.weight if x.sum() > 0 else x @ self.weight.T
+
+
+def test_module_that_cannot_be_vectorised_over_samples() -> None:
+    model = DataDependent()
+    engine = Engine(model, batch_dim=0)
+    losses = model(_x(4, 3).abs()).sum(1)
+    with pytest.raises(ValueError, match="batch_dim=None"):
+        engine.compute_gramian(losses)
+    engine = Engine(model, batch_dim=None)
+    losses = model(_x(4, 3).abs()).sum(1)
+    assert engine.compute_gramian(losses).shape == (4, 4)
