@@ -96,9 +96,9 @@ def _counting(name: str, counts: list[int]) -> Iterator[None]:
 
 
 def _train_jacobian(rank: int | None, wrap: str) -> dict[str, Tensor]:
-    """Jacobian mode, 4 steps; `wrap` in {"none", "ddp", "ddp_no_sync"} (rank None: 1 process)."""
+    """Jacobian mode, 4 steps; `wrap` is one of `WRAPS` (rank None: one process)."""
     model = _mlp()
-    forward, sync = _wrapped(model, wrap, find_unused_parameters=wrap == "ddp_no_sync")
+    forward, sync = _wrapped(model, wrap)
     group = None if rank is None else dist.group.WORLD
     opt = JacobianOptimizer(
         torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9), UPGrad(), process_group=group
@@ -119,7 +119,7 @@ def _train_jacobian(rank: int | None, wrap: str) -> dict[str, Tensor]:
 def _train_multi_task(rank: int | None, wrap: str) -> dict[str, Tensor]:
     """Multi-task mode (`features=`), 4 steps; `wrap` in {"none", "ddp"}."""
     model = _multi_task()
-    forward, _ = _wrapped(model, wrap, find_unused_parameters=False)
+    forward, _ = _wrapped(model, wrap)
     group = None if rank is None else dist.group.WORLD
     opt = JacobianOptimizer(torch.optim.Adam(model.parameters(), lr=0.01), process_group=group)
     reductions = []
@@ -134,13 +134,22 @@ def _train_multi_task(rank: int | None, wrap: str) -> dict[str, Tensor]:
     return {"params": _flat(model), "all_reduce_per_step": torch.tensor(reductions)}
 
 
+# How the model is wrapped: not at all, in DDP with its options, or in DDP with the forward pass
+# under `no_sync()` (and `find_unused_parameters=True`).
+WRAPS = ("none", "ddp", "ddp_find_unused", "ddp_static_graph", "ddp_no_sync")
+
+
 def _wrapped(
-    model: nn.Module, wrap: str, find_unused_parameters: bool
+    model: nn.Module, wrap: str
 ) -> tuple[Callable[..., Any], Callable[[], AbstractContextManager[Any]]]:
     """The function to call for the forward pass, and the context to run it in."""
     if wrap == "none":
         return model, nullcontext
-    ddp = DistributedDataParallel(model, find_unused_parameters=find_unused_parameters)
+    ddp = DistributedDataParallel(
+        model,
+        find_unused_parameters=wrap in ("ddp_find_unused", "ddp_no_sync"),
+        static_graph=wrap == "ddp_static_graph",
+    )
     return ddp, ddp.no_sync if wrap == "ddp_no_sync" else nullcontext
 
 
@@ -209,7 +218,7 @@ def _train_gramian_ddp(rank: int) -> dict[str, Tensor]:
 def _all_scenarios(rank: int) -> dict[str, dict[str, Tensor]]:
     torch.manual_seed(rank)
     results = {}
-    for wrap in ("none", "ddp", "ddp_no_sync"):
+    for wrap in WRAPS:
         results[f"jacobian/{wrap}"] = _train_jacobian(rank, wrap)
     for wrap in ("none", "ddp"):
         results[f"multi_task/{wrap}"] = _train_multi_task(rank, wrap)
@@ -228,7 +237,7 @@ def ranks(tmp_path_factory: pytest.TempPathFactory) -> list[dict[str, dict[str, 
 
 
 @pytest.mark.timeout(200)
-@pytest.mark.parametrize("wrap", ["none", "ddp", "ddp_no_sync"])
+@pytest.mark.parametrize("wrap", WRAPS)
 def test_jacobian_mode_equals_the_full_batch_step(
     ranks: list[dict[str, dict[str, Tensor]]], wrap: str
 ) -> None:
