@@ -31,8 +31,8 @@ class Engine:
     **How to use it.** Build the engine once, before the forward passes: it registers forward
     hooks on the modules that directly own parameters, and each of their calls made while
     gradients are enabled is recorded. :meth:`compute_gramian` uses and then forgets the
-    records, and leaves the graph intact (``retain_graph``) so that the weights can be
-    back-propagated::
+    records (so each forward pass serves one call), and leaves the graph intact
+    (``retain_graph``) so that the weights can be back-propagated::
 
         engine = Engine(model, batch_dim=0)
         for x, y in loader:
@@ -123,6 +123,7 @@ class Engine:
             if next(module.parameters(recurse=False), None) is not None
         ]
         self._recorder = CallRecorder(layers)
+        self._removed = False
 
     def compute_gramian(self, output: Tensor, /) -> Tensor:
         """Returns the generalized Gramian of ``output`` w.r.t. the parameters of the engine.
@@ -139,6 +140,8 @@ class Engine:
             A tensor of shape ``[*output.shape, *reversed(output.shape)]`` with ``output``'s
             dtype and device.
         """
+        if self._removed:
+            raise RuntimeError("This `Engine` was removed: its hooks no longer record the calls.")
         calls = self._recorder.take_calls()
         if not isinstance(output, Tensor):
             raise TypeError(f"`output` must be a torch.Tensor, but got {type(output).__name__}.")
@@ -174,6 +177,7 @@ class Engine:
     def remove(self) -> None:
         """Removes the engine's hooks from the modules; the engine cannot be used afterwards."""
         self._recorder.remove()
+        self._removed = True
 
     def _normalized_batch_dim(self, output: Tensor) -> int | None:
         if self.batch_dim is None:

@@ -103,8 +103,13 @@ def _record_use(
         if name is not None:
             used.setdefault(region, {})[id(variable)] = (name, engine_parameter.parameter)
             return
-    where = "outside any call of the engine's modules"
-    if region is not None:
+    if region is None:
+        where = (
+            "outside any recorded call of the engine's modules (the forward must run after the "
+            "`Engine` is created, with gradients enabled, and each forward serves one "
+            "`compute_gramian`)"
+        )
+    else:
         where = f"inside the forward of {type(region.module).__name__}, which does not own it"
     raise ValueError(
         f"The parameter `{engine_parameter.name}` of the engine's modules is used {where}: "

@@ -226,3 +226,29 @@ def test_module_that_cannot_be_vectorised_over_samples() -> None:
     engine = Engine(model, batch_dim=None)
     losses = model(_x(4, 3).abs()).sum(1)
     assert engine.compute_gramian(losses).shape == (4, 4)
+
+
+def test_removed_engine_refuses_to_compute() -> None:
+    layer = nn.Linear(3, 2).double()
+    engine = Engine(layer, batch_dim=0)
+    losses = layer(_x(4, 3)).sum(1)
+    engine.remove()
+    with pytest.raises(RuntimeError, match="removed"):
+        engine.compute_gramian(losses)
+
+
+def test_forward_made_before_the_engine_existed() -> None:
+    layer = nn.Linear(3, 2).double()
+    losses = layer(_x(4, 3)).sum(1)
+    engine = Engine(layer, batch_dim=0)
+    with pytest.raises(ValueError, match="after the `Engine` is created"):
+        engine.compute_gramian(losses)
+
+
+def test_second_gramian_of_the_same_forward() -> None:
+    layer = nn.Linear(3, 2).double()
+    engine = Engine(layer, batch_dim=0)
+    losses = layer(_x(4, 3)).sum(1)
+    engine.compute_gramian(losses)
+    with pytest.raises(ValueError, match="each forward serves one"):
+        engine.compute_gramian(losses)
