@@ -9,10 +9,11 @@ One training step of the MLP trunk of SPEC §9 (4 hidden layers of 512 units, ba
 - ``JacobianOptimizer``: ``JacobianOptimizer(Adam(...), UPGrad()).step(losses)``.
 
 The figure of merit is the ratio ``JacobianOptimizer / hand-written`` (target ≤ 1.02). Times are
-medians of repeated steps in one process, the configurations interleaved so that the noise of a
-shared machine hits them alike; every configuration trains its own copy of the same model. Both
-the wall-clock time and the CPU time of the process are recorded: on a loaded machine the CPU
-time (with ``--threads 1``, so that no thread waits for another) is the steadier of the two.
+medians of repeated steps in one process, the configurations interleaved in a shuffled order so
+that the noise of a shared machine (and the state a step leaves behind) hits them alike; every
+configuration trains its own copy of the same model. Both the wall-clock time and the CPU time
+of the process are recorded: on a loaded machine the CPU time (with ``--threads 1``, so that no
+thread waits for another) is the steadier of the two.
 Peak memory is measured for each configuration in its own subprocess, as the growth of the peak
 resident set size during one step over the resident size just before it.
 
@@ -23,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import random
 import resource
 import statistics
 import subprocess
@@ -105,8 +107,11 @@ def measure_times(m: int, batch_size: int = 64, repeats: int = 30) -> dict[str, 
         step(x, y)
     wall: dict[str, list[float]] = {c: [] for c in CONFIGURATIONS}
     cpu: dict[str, list[float]] = {c: [] for c in CONFIGURATIONS}
+    order = list(steps.items())
+    shuffler = random.Random(0)
     for _ in range(repeats):
-        for configuration, step in steps.items():
+        shuffler.shuffle(order)  # no configuration always runs right after another one
+        for configuration, step in order:
             start, start_cpu = time.perf_counter(), time.process_time()
             step(x, y)
             wall[configuration].append(time.perf_counter() - start)

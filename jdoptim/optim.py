@@ -1220,7 +1220,9 @@ def _aggregate(
     be finite without looking at it: the Gramian was finite (so was the matrix, since the
     diagonal of ``J Jᵀ`` sums the squares of each row) and so were the weights.
     """
-    nan = torch.full_like(matrix[0], math.nan)
+    def nan() -> Tensor:
+        return torch.full_like(matrix[0], math.nan)
+
     if isinstance(aggregator, GramianWeightedAggregator):
         seen: list[Tensor] = []
 
@@ -1234,11 +1236,11 @@ def _aggregate(
         try:
             update, weights = aggregate_with_weights(aggregator, matrix)
         except _NonFiniteGramian:
-            return nan, None, seen[-1], False
+            return nan(), None, seen[-1], False
         except Exception:
             if _all_finite([matrix]):
                 raise
-            return nan, None, None, False
+            return nan(), None, None, False
         finally:
             handle.remove()
         if seen:
@@ -1246,10 +1248,10 @@ def _aggregate(
             return update, weights, seen[-1], known_finite
         # A subclass that does not call its weighting: check the Jacobian itself.
         if not _all_finite([matrix]):
-            return nan, None, None, False
+            return nan(), None, None, False
         return update, weights, (matrix @ matrix.T) if record_gramian else None, False
     if not _all_finite([matrix]):
-        return nan, None, None, False
+        return nan(), None, None, False
     update, weights = aggregate_with_weights(aggregator, matrix)
     return update, weights, (matrix @ matrix.T).detach() if record_gramian else None, False
 
