@@ -12,17 +12,24 @@ _CONVOLUTIONS = {
 }
 
 
-def is_plain_convolution(module: nn.Module, x: Tensor) -> bool:
-    """Whether ``module`` is a batched call of a zero-padded, ungrouped ``nn.ConvNd``."""
-    for cls, (dims, _) in _CONVOLUTIONS.items():
+def is_plain_convolution_module(module: nn.Module) -> bool:
+    """Whether ``module`` is a zero-padded, ungrouped ``nn.ConvNd`` with its own forward."""
+    for cls in _CONVOLUTIONS:
         if isinstance(module, cls) and type(module).forward is cls.forward:
             return (
                 module.groups == 1
                 and module.padding_mode == "zeros"
                 and not isinstance(module.padding, str)
-                and x.dim() == dims + 2
             )
     return False
+
+
+def is_plain_convolution(module: nn.Module, x: Tensor) -> bool:
+    """Whether ``module(x)`` is a batched call of a :func:`is_plain_convolution_module`."""
+    if not is_plain_convolution_module(module):
+        return False
+    dims = next(dims for cls, (dims, _) in _CONVOLUTIONS.items() if isinstance(module, cls))
+    return x.dim() == dims + 2
 
 
 def convolution_gramian(

@@ -7,8 +7,10 @@ from torch import Tensor, nn
 
 from ._backward_pass import accumulate_gramian
 from ._batch_checks import check_batch_independence
+from ._convolution import is_plain_convolution_module
 from ._graph import EngineParameter, find_used_parameters
 from ._layout import to_generalized_gramian
+from ._linear import is_plain_linear
 from ._module_hooks import CallRecorder, ModuleCall
 
 
@@ -67,7 +69,11 @@ class Engine:
     does a recorded input modified in place after the call. An output modified in place after
     the call is fine (the engine differentiates the value the module returned). A module that
     draws random numbers in its own forward (dropout inside a layer with parameters, in
-    training mode) raises: keep dropout in separate modules.
+    training mode) raises: keep dropout in separate modules. Calls replayed through
+    :mod:`torch.func` (every module but ``nn.Linear`` and, with a batch dimension, plain
+    convolutions) are checked against a fingerprint of their recorded outputs: a module that
+    mixes the samples, or whose parameters changed between the forward pass and
+    :meth:`compute_gramian`, raises instead of giving a wrong Gramian.
 
     Args:
         modules: the modules whose parameters the Gramian is taken with respect to (a whole
@@ -122,7 +128,7 @@ class Engine:
             for _, module in self._named_modules
             if next(module.parameters(recurse=False), None) is not None
         ]
-        self._recorder = CallRecorder(layers)
+        self._recorder = CallRecorder(layers, self._replays)
         self._removed = False
 
     def compute_gramian(self, output: Tensor, /) -> Tensor:
@@ -173,6 +179,12 @@ class Engine:
         grad_outputs = _row_selectors(output, batch_dim, rows)
         accumulate_gramian(output, grad_outputs, rows, groups, used, batch_dim is not None, gramian)
         return to_generalized_gramian(gramian, shape, batch_dim)
+
+    def _replays(self, module: nn.Module) -> bool:
+        """Whether calls of ``module`` may be replayed (closed forms need no check of outputs)."""
+        if is_plain_linear(module):
+            return False
+        return self.batch_dim is None or not is_plain_convolution_module(module)
 
     def remove(self) -> None:
         """Removes the engine's hooks from the modules; the engine cannot be used afterwards."""

@@ -20,7 +20,7 @@ from torch.utils._pytree import tree_flatten, tree_unflatten
 
 from ._convolution import convolution_gramian, is_plain_convolution
 from ._linear import is_plain_linear, linear_gramian
-from ._module_hooks import ModuleCall
+from ._module_hooks import ModuleCall, slice_sums
 
 NamedParameters = list[tuple[str, nn.Parameter]]
 
@@ -90,14 +90,15 @@ def call_jacobians(
 
         def per_sample(
             tensors: tuple[Tensor, ...], sample_cotangents: tuple[Tensor, ...]
-        ) -> dict[str, Tensor]:
+        ) -> tuple[dict[str, Tensor], tuple[Tensor, ...]]:
             tensors = tuple(tensor.unsqueeze(0) for tensor in tensors)
-            vjp_fn = vjp(lambda values: replay(values, tensors), primals)[1]
+            result = vjp(lambda values: replay(values, tensors), primals)
+            outputs, vjp_fn = result[0], result[1]
             rows = tuple(cotangent.unsqueeze(1) for cotangent in sample_cotangents)
-            return _pull_back_rows(vjp_fn, rows)
+            return _pull_back_rows(vjp_fn, rows), tuple(output.sum() for output in outputs)
 
         try:
-            per_sample_jacobians = vmap(per_sample, in_dims=(0, 1), randomness="error")(
+            per_sample_jacobians, sums = vmap(per_sample, in_dims=(0, 1), randomness="error")(
                 inputs, cotangents
             )
         except RuntimeError as error:
@@ -107,17 +108,40 @@ def call_jacobians(
                 f"The module {type(module).__name__} cannot be replayed sample by sample with "
                 f"`torch.func.vmap` ({error}). Use `batch_dim=None`."
             ) from error
+        _check_replay(call, kept, sums)
         return [per_sample_jacobians[name].transpose(0, 1) for name, _ in named_parameters]
 
     states = _rng_states(primals.values())
-    vjp_fn = vjp(lambda values: replay(values, inputs), primals)[1]
+    result = vjp(lambda values: replay(values, inputs), primals)
+    outputs, vjp_fn = result[0], result[1]
     if any(
         not torch.equal(before, after)
         for before, after in zip(states, _rng_states(primals.values()), strict=True)
     ):
         raise _randomness_error(module)
+    _check_replay(call, kept, tuple(slice_sums(output)[0] for output in outputs))
     jacobians = _pull_back_rows(vjp_fn, cotangents)
     return [jacobians[name].unsqueeze(1) for name, _ in named_parameters]
+
+
+def _check_replay(call: ModuleCall, kept: list[int], sums: tuple[Tensor, ...]) -> None:
+    """Raises if the replayed outputs do not sum, slice by slice, as the recorded ones."""
+    for index, replayed in zip(kept, sums, strict=True):
+        recorded = call.output_sums[index] if index < len(call.output_sums) else None
+        if recorded is None:
+            continue
+        total, magnitude = recorded
+        tolerance = 1e-9 if total.dtype == torch.float64 else 1e-3
+        if replayed.shape != total.shape or bool(
+            ((replayed - total).abs() > tolerance * (magnitude + 1e-30)).any()
+        ):
+            raise ValueError(
+                f"The module {type(call.module).__name__} gives other outputs when the `Engine` "
+                "replays its call (sample by sample with a batch dimension) than in the forward "
+                "pass: it mixes the samples of the batch (use `batch_dim=None`), or its "
+                "parameters or state changed between the forward pass and `compute_gramian` "
+                "(compute the Gramian before the optimizer step)."
+            )
 
 
 def _pull_back_rows(vjp_fn: Callable[..., Any], rows: tuple[Tensor, ...]) -> dict[str, Tensor]:

@@ -252,3 +252,33 @@ def test_second_gramian_of_the_same_forward() -> None:
     engine.compute_gramian(losses)
     with pytest.raises(ValueError, match="each forward serves one"):
         engine.compute_gramian(losses)
+
+
+class CentersTheBatch(nn.Module):
+    """Subtracts the batch mean: the samples are not independent."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.randn(3, 3, dtype=torch.float64))
+
+    def forward(self, x: Tensor) -> Tensor:
+        h = x @ self.weight
+        return h - h.mean(dim=0)
+
+
+def test_module_mixing_the_samples_is_detected_at_replay() -> None:
+    model = CentersTheBatch()
+    engine = Engine(model, batch_dim=0)
+    losses = model(_x(4, 3)).pow(2).sum(1)
+    with pytest.raises(ValueError, match="mixes the samples"):
+        engine.compute_gramian(losses)
+
+
+def test_parameters_changed_between_forward_and_gramian() -> None:
+    model = nn.Sequential(nn.Linear(3, 3), nn.LayerNorm(3)).double()
+    engine = Engine(model, batch_dim=0)
+    losses = model(_x(4, 3)).pow(2).sum(1)
+    with torch.no_grad():
+        model[1].bias.add_(1.0)  # not saved by autograd: only the replay can notice
+    with pytest.raises(ValueError, match="changed between"):
+        engine.compute_gramian(losses)
