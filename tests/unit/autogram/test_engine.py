@@ -226,3 +226,20 @@ def test_scalar_loss(architecture: Architecture) -> None:
     loss = architecture.losses(model, architecture.inputs).sum()
     gramian = engine.compute_gramian(loss)
     torch.testing.assert_close(gramian, explicit_gramian(loss, trainable(model)), **TOLERANCE)
+
+
+@pytest.mark.parametrize("batch_dim", [0, None])
+def test_float32_modules_replayed_through_torch_func(batch_dim: int | None) -> None:
+    model = nn.Sequential(
+        nn.Conv2d(2, 4, 3, groups=2),
+        nn.GroupNorm(2, 4),
+        nn.Flatten(),
+        nn.Linear(36, 6),
+        nn.LayerNorm(6),
+        nn.Linear(6, 2),
+    )
+    engine = Engine(model, batch_dim=batch_dim)
+    losses = model(torch.randn(8, 2, 5, 5) * 100).pow(2).sum(1)
+    gramian = engine.compute_gramian(losses)
+    expected = explicit_gramian(losses, trainable(model))
+    torch.testing.assert_close(gramian, expected, rtol=1e-4, atol=1e-4 * expected.abs().max())
