@@ -63,14 +63,15 @@ def project_on_dual_cone(gradient: Tensor, jacobian: Tensor) -> Tensor:
     """
     if bool((jacobian @ gradient >= 0).all()):
         return gradient
-    candidates = []
+    candidates: list[Tensor] = []
     for i in range(2):
         row, other = jacobian[i], jacobian[1 - i]
         ray = torch.stack([-row[1], row[0]])
         ray = ray if float(ray @ other) >= 0 else -ray
         ray = ray / ray.norm()
         candidates.append(torch.clamp(gradient @ ray, min=0.0) * ray)
-    return min(candidates, key=lambda p: float((gradient - p).norm()))
+    closest: Tensor = min(candidates, key=lambda p: float((gradient - p).norm()))
+    return closest
 
 
 def draw_cone(ax: Axes, polygon: list[tuple[float, float]]) -> None:
