@@ -36,7 +36,8 @@ class DualProjWeighting(Weighting):
         pref_vector: ``[m]`` preference vector ``p``; ``None`` means uniform ``1/m``.
         norm_eps: the trace below which the Gramian is treated as zero (``≥ 0``).
         reg_eps: the multiple of the identity added to the normalised Gramian (``≥ 0``).
-        solver: the dual-cone QP solver, ``"quadprog"``.
+        solver: the dual-cone QP solver: ``"torch"`` (batched, on the Gramian's device) or
+            ``"quadprog"`` (one QP per row on the CPU).
 
     Example:
         >>> import torch
@@ -54,7 +55,7 @@ class DualProjWeighting(Weighting):
         pref_vector: Tensor | None = None,
         norm_eps: float = 1e-4,
         reg_eps: float = 1e-4,
-        solver: str = "quadprog",
+        solver: str = "torch",
     ) -> None:
         super().__init__()
         check_pref_vector(pref_vector)
@@ -104,7 +105,8 @@ class DualProj(GramianWeightedAggregator):
         pref_vector: ``[m]`` preference vector; ``None`` means uniform ``1/m``.
         norm_eps: the trace below which the Gramian is treated as zero (``≥ 0``).
         reg_eps: the multiple of the identity added to the normalised Gramian (``≥ 0``).
-        solver: the dual-cone QP solver, ``"quadprog"``.
+        solver: the dual-cone QP solver: ``"torch"`` (batched, on the Gramian's device) or
+            ``"quadprog"`` (one QP per row on the CPU).
 
     Example:
         >>> import torch
@@ -120,7 +122,7 @@ class DualProj(GramianWeightedAggregator):
         pref_vector: Tensor | None = None,
         norm_eps: float = 1e-4,
         reg_eps: float = 1e-4,
-        solver: str = "quadprog",
+        solver: str = "torch",
     ) -> None:
         super().__init__(DualProjWeighting(pref_vector, norm_eps, reg_eps, solver))
 

@@ -37,7 +37,8 @@ class UPGradWeighting(Weighting):
         pref_vector: ``[m]`` preference vector ``p``; ``None`` means uniform ``1/m``.
         norm_eps: the trace below which the Gramian is treated as zero (``≥ 0``).
         reg_eps: the multiple of the identity added to the normalised Gramian (``≥ 0``).
-        solver: the dual-cone QP solver, ``"quadprog"``.
+        solver: the dual-cone QP solver: ``"torch"`` (batched, on the Gramian's device) or
+            ``"quadprog"`` (one QP per row on the CPU).
 
     Example:
         >>> import torch
@@ -55,7 +56,7 @@ class UPGradWeighting(Weighting):
         pref_vector: Tensor | None = None,
         norm_eps: float = 1e-4,
         reg_eps: float = 1e-4,
-        solver: str = "quadprog",
+        solver: str = "torch",
     ) -> None:
         super().__init__()
         check_pref_vector(pref_vector)
@@ -106,7 +107,8 @@ class UPGrad(GramianWeightedAggregator):
         pref_vector: ``[m]`` preference vector; ``None`` means uniform ``1/m``.
         norm_eps: the trace below which the Gramian is treated as zero (``≥ 0``).
         reg_eps: the multiple of the identity added to the normalised Gramian (``≥ 0``).
-        solver: the dual-cone QP solver, ``"quadprog"``.
+        solver: the dual-cone QP solver: ``"torch"`` (batched, on the Gramian's device) or
+            ``"quadprog"`` (one QP per row on the CPU).
 
     Example:
         >>> import torch
@@ -122,7 +124,7 @@ class UPGrad(GramianWeightedAggregator):
         pref_vector: Tensor | None = None,
         norm_eps: float = 1e-4,
         reg_eps: float = 1e-4,
-        solver: str = "quadprog",
+        solver: str = "torch",
     ) -> None:
         super().__init__(UPGradWeighting(pref_vector, norm_eps, reg_eps, solver))
 
