@@ -509,6 +509,8 @@ class JacobianOptimizer(Optimizer):
 
         The weights used are then in :attr:`last_weights`. Nothing is written when an error
         is raised; a non-finite Jacobian writes NaN gradients (see the class documentation).
+        The gradients are accumulated like ``torch.autograd.backward`` does; ``.jac`` fields
+        are neither read nor written (the Jacobian goes straight to ``.grad``).
         """
         if not isinstance(retain_graph, bool):
             raise TypeError(f"`retain_graph` must be a bool, but got {retain_graph!r}.")
