@@ -443,6 +443,11 @@ class JacobianOptimizer(Optimizer):
           when it returns ``None`` (or values not requiring grad), the gradients it left are
           used as they are. As in torch, the closure should call :meth:`zero_grad`.
 
+        So that an error leaves everything as it was, a step with a closure copies the
+        parameters, gradients and optimizer state beforehand when the wrapped optimizer may
+        evaluate the closure after changing the parameters (LBFGS, custom optimizers); torch's
+        other optimizers evaluate it once, first, and need no copy.
+
         Raises:
             NonFiniteGradientError: some gradient is infinite or NaN (use a
                 :class:`torch.amp.GradScaler` to skip such steps instead). Nothing is changed.
@@ -1222,6 +1227,7 @@ def _aggregate(
     be finite without looking at it: the Gramian was finite (so was the matrix, since the
     diagonal of ``J Jᵀ`` sums the squares of each row) and so were the weights.
     """
+
     def nan() -> Tensor:
         return torch.full_like(matrix[0], math.nan)
 
