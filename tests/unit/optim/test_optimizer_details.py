@@ -159,3 +159,39 @@ def test_custom_optimizer_closure_failure_is_undone() -> None:
     assert calls == 2
     for actual, expected in zip(model.parameters(), before):
         assert torch.equal(actual, expected)
+
+
+def test_grad_scaler_with_unscale_and_clipping_before_the_step() -> None:
+    model = make_model()
+    opt = JacobianOptimizer(torch.optim.SGD(model.parameters(), lr=0.1), UPGrad())
+    scaler = torch.amp.GradScaler("cpu", init_scale=256.0)
+    reference = make_model()
+    reference_opt = JacobianOptimizer(torch.optim.SGD(reference.parameters(), lr=0.1), UPGrad())
+
+    opt.backward(scaler.scale(task_losses(model)))
+    scaler.unscale_(opt)
+    torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm=0.5)
+    scaler.step(opt)
+    scaler.update()
+
+    reference_opt.backward(task_losses(reference))
+    torch.nn.utils.clip_grad_norm_(reference.parameters(), max_norm=0.5)
+    reference_opt.step()
+    for actual, expected in zip(model.parameters(), reference.parameters()):
+        assert torch.allclose(actual, expected, atol=1e-6)
+
+
+def test_diagnostics_in_gramian_mode_come_from_the_engine_gramian() -> None:
+    model = make_model()
+    opt = JacobianOptimizer(
+        torch.optim.SGD(model.parameters(), lr=0.1), UPGrad(), engine=Engine(model, batch_dim=0)
+    )
+    reference = make_model()
+    reference_opt = JacobianOptimizer(torch.optim.SGD(reference.parameters(), lr=0.1), UPGrad())
+    x, y = torch.randn(6, 5), torch.randn(6, 3)
+    opt.backward(((model(x) - y) ** 2).mean(dim=1))
+    reference_opt.backward(((reference(x) - y) ** 2).mean(dim=1))
+    (diagnostics,) = opt.diagnostics()
+    (expected,) = reference_opt.diagnostics()
+    assert diagnostics.n_conflicting_pairs == expected.n_conflicting_pairs
+    assert torch.allclose(diagnostics.cosine_similarities, expected.cosine_similarities, atol=1e-5)
