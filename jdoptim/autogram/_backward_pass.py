@@ -49,7 +49,8 @@ def accumulate_gramian(
     else:
         deltas = output_gradients(output, grad_outputs, [c for g in groups for c in g], True)
         for group in groups:
-            gramian += group_gramian(group, deltas, used, batched).to(gramian.dtype)
+            if any(d is not None for call in group for d in deltas[call]):
+                gramian += group_gramian(group, deltas, used, batched).to(gramian.dtype)
             for call in group:
                 del deltas[call]
 

@@ -39,17 +39,19 @@ def group_gramian(
 
     jacobians: dict[int, Tensor] = {}
     for call in calls:
+        if all(delta is None for delta in deltas[call]):
+            continue  # No gradient reached this call's outputs: no contribution.
         named_parameters = used[call]
         call_jacobian = call_jacobians(call, deltas[call], named_parameters, batched)
         for (_, parameter), jacobian in zip(named_parameters, call_jacobian, strict=True):
             key = id(parameter)
             jacobians[key] = jacobian if key not in jacobians else jacobians[key] + jacobian
-    gramian: Tensor | None = None
+    delta = next(d for call in calls for d in deltas[call] if d is not None)
+    size = delta.shape[0] * (delta.shape[1] if batched else 1)
+    gramian = delta.new_zeros(size, size)
     for jacobian in jacobians.values():
-        matrix = jacobian.reshape(jacobian.shape[0] * jacobian.shape[1], -1)
-        contribution = matrix @ matrix.T
-        gramian = contribution if gramian is None else gramian + contribution
-    assert gramian is not None
+        matrix = jacobian.reshape(size, -1)
+        gramian += matrix @ matrix.T
     return gramian
 
 

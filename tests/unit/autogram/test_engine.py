@@ -172,8 +172,20 @@ def test_one_loss_per_sample(architecture: Architecture) -> None:
         nn.Conv2d(2, 4, 3, groups=2),
         nn.Conv2d(2, 3, 3, padding="same"),
         nn.Conv2d(2, 3, 3, padding=1, padding_mode="reflect"),
+        nn.Conv2d(2, 40, 3, stride=2, dilation=2),
+        nn.Conv1d(2, 60, 5, stride=3, padding=2),
     ],
-    ids=["conv1d_no_bias", "strided_dilated", "stride_3", "conv3d", "groups", "same", "reflect"],
+    ids=[
+        "conv1d_no_bias",
+        "strided_dilated",
+        "stride_3",
+        "conv3d",
+        "groups",
+        "same",
+        "reflect",
+        "large_weight_2d",
+        "large_weight_1d",
+    ],
 )
 @pytest.mark.parametrize("tasks", [1, 2])
 def test_convolutions(convolution: nn.Module, tasks: int) -> None:
