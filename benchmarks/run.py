@@ -441,15 +441,19 @@ def run(quick: bool, only: list[str] | None, memory: bool) -> list[dict[str, obj
                         "status": result.status,
                         "wall_ms": result.wall_s * 1e3,
                         "cpu_ms": result.cpu_s * 1e3,
-                        "ratio": result.wall_s / base.wall_s,
-                        "cpu_ratio": result.cpu_s / base.cpu_s,
+                        "ratio": _ratio(result.wall_s, base.wall_s),
+                        "cpu_ratio": _ratio(result.cpu_s, base.cpu_s),
                         "peak_mib": result.peak_bytes / 2**20,
-                        "peak_ratio": result.peak_bytes / base.peak_bytes,
+                        "peak_ratio": _ratio(result.peak_bytes, base.peak_bytes),
                         "target": workload.targets.get(name, ""),
                     }
                 )
             print_rows(rows[-len(results) :])
     return rows
+
+
+def _ratio(value: float, base: float) -> float:
+    return value / base if base > 0.0 else float("nan")
 
 
 def _number(value: object, digits: int) -> str:
