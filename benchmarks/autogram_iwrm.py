@@ -6,6 +6,8 @@ inputs, batch 64, one cross-entropy loss per sample), in three configurations:
 - ``summed``: ``losses.mean().backward()`` + SGD step (the floor);
 - ``autogram``: ``UPGradWeighting()(engine.compute_gramian(losses))``, then
   ``losses.backward(weights)`` + SGD step;
+- ``autogram_mean``: the same with ``MeanWeighting`` (the engine's cost without the QP of
+  UPGrad);
 - ``autojac``: ``autojac.backward(losses)`` + ``jac_to_grad(params, UPGrad())`` + SGD step.
 
 Times are medians of repeated steps in one process (configurations interleaved, so that the
@@ -33,7 +35,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor, nn
 
-CONFIGURATIONS = ("summed", "autogram", "autojac")
+CONFIGURATIONS = ("summed", "autogram", "autogram_mean", "autojac")
 
 
 def make_cnn() -> nn.Module:
@@ -57,7 +59,7 @@ def make_cnn() -> nn.Module:
 
 def make_step(configuration: str, model: nn.Module) -> Callable[[Tensor, Tensor], None]:
     """One training step of ``configuration`` on ``model``, as a function of ``(x, y)``."""
-    from jdoptim.aggregation import UPGrad, UPGradWeighting
+    from jdoptim.aggregation import MeanWeighting, UPGrad, UPGradWeighting, Weighting
     from jdoptim.autogram import Engine
 
     optimizer = torch.optim.SGD(model.parameters(), lr=1e-3)
@@ -71,9 +73,9 @@ def make_step(configuration: str, model: nn.Module) -> Callable[[Tensor, Tensor]
             criterion(model(x), y).mean().backward()
             optimizer.step()
 
-    elif configuration == "autogram":
+    elif configuration in ("autogram", "autogram_mean"):
         engine = Engine(model, batch_dim=0)
-        weighting = UPGradWeighting()
+        weighting: Weighting = UPGradWeighting() if configuration == "autogram" else MeanWeighting()
 
         def step(x: Tensor, y: Tensor) -> None:
             optimizer.zero_grad()

@@ -177,7 +177,13 @@ class Engine:
             return to_generalized_gramian(gramian, shape, batch_dim)
         groups = _groups_sharing_parameters(relevant, used)
         grad_outputs = _row_selectors(output, batch_dim, rows)
-        accumulate_gramian(output, grad_outputs, rows, groups, used, batch_dim is not None, gramian)
+        self._recorder.enabled = False  # Replays call the modules: they must not be recorded.
+        try:
+            accumulate_gramian(
+                output, grad_outputs, rows, groups, used, batch_dim is not None, gramian
+            )
+        finally:
+            self._recorder.enabled = True
         return to_generalized_gramian(gramian, shape, batch_dim)
 
     def _replays(self, module: nn.Module) -> bool:

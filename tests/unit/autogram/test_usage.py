@@ -123,3 +123,23 @@ def test_deleted_engine_leaves_no_hook() -> None:
     gc.collect()
     assert reference() is None
     assert all(not m._forward_hooks and not m._forward_pre_hooks for m in model)
+
+
+class ScaledLayer(nn.Module):
+    """A module with its own parameter around a child: the engine replays it whole."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.child = nn.Linear(3, 3)
+        self.scale = nn.Parameter(torch.ones(3))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return torch.tanh(self.child(x)) * self.scale
+
+
+def test_replays_of_the_modules_are_not_recorded() -> None:
+    model = ScaledLayer().double()
+    engine = Engine(model, batch_dim=0)
+    losses = model(torch.randn(4, 3, dtype=torch.float64)).pow(2).sum(1)
+    engine.compute_gramian(losses)
+    assert engine._recorder.calls == []
