@@ -465,7 +465,7 @@ def _number(value: object, digits: int) -> str:
 def print_header() -> None:
     print(
         f"{'workload':<30}{'configuration':<28}{'wall ms':>10}{'cpu ms':>10}{'ratio':>8}"
-        f"{'peak MiB':>10}{'×base':>7}  target"
+        f"{'peak MiB':>10}{'×base':>9}  target"
     )
 
 
@@ -478,7 +478,7 @@ def print_rows(rows: list[dict[str, object]]) -> None:
             f"{row['workload']!s:<30}{row['configuration']!s:<28}"
             f"{_number(row['wall_ms'], 2):>10}{_number(row['cpu_ms'], 2):>10}"
             f"{_number(row['ratio'], 2):>8}{_number(row['peak_mib'], 1):>10}"
-            f"{_number(row['peak_ratio'], 2):>7}  {row['target']}"
+            f"{_number(row['peak_ratio'], 2):>9}  {row['target']}"
         )
     sys.stdout.flush()
 
