@@ -11,7 +11,7 @@ from _explicit_gramian import explicit_jacobian, trainable
 from torch import Tensor, nn
 
 from jdoptim import autojac
-from jdoptim.aggregation import Flattening, UPGrad, UPGradWeighting
+from jdoptim.aggregation import Flattening, MeanWeighting, UPGrad, UPGradWeighting
 from jdoptim.autogram import Engine
 
 TOLERANCE = {"rtol": 1e-8, "atol": 1e-10}
@@ -76,27 +76,37 @@ def test_instance_wise_multi_task_learning() -> None:
     torch.testing.assert_close(_grads(parameters), UPGrad()(jacobian), **TOLERANCE)
 
 
-def test_engine_reused_step_after_step_does_not_grow_memory() -> None:
+@pytest.mark.parametrize(
+    ("norm", "tasks", "steps"),
+    [(False, 1, 1000), (False, 2, 200), (True, 2, 15)],
+    ids=["one_loss_per_sample", "two_tasks", "replayed_layer_norm"],
+)
+def test_engine_reused_step_after_step_does_not_grow_memory(
+    norm: bool, tasks: int, steps: int
+) -> None:
     torch.manual_seed(0)
-    model = nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 2))
+    middle = nn.LayerNorm(4) if norm else nn.Identity()
+    model = nn.Sequential(nn.Linear(3, 4), nn.ReLU(), middle, nn.Linear(4, 2))
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
     engine = Engine(model, batch_dim=0)
+    # The engine is under test: the cheapest weighting keeps a thousand steps fast.
+    weighting = Flattening(MeanWeighting())
     x = torch.randn(8, 3)
 
     def step() -> None:
         optimizer.zero_grad()
-        losses = model(x).pow(2).sum(1)
-        losses.backward(UPGradWeighting()(engine.compute_gramian(losses)))
+        losses = model(x).pow(2)[:, :tasks]
+        losses.backward(weighting(engine.compute_gramian(losses)))
         optimizer.step()
 
     def live_tensors() -> int:
         gc.collect()
         return sum(1 for obj in gc.get_objects() if issubclass(type(obj), Tensor))
 
-    for _ in range(20):
+    for _ in range(10):
         step()
     before = live_tensors()
-    for _ in range(1000):
+    for _ in range(steps):
         step()
     assert live_tensors() <= before
     assert engine._recorder.calls == []
