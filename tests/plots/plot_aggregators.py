@@ -119,7 +119,7 @@ def plot_aggregators(path: str | Path = DEFAULT_PATH) -> Path:
         "green: dual cone {x : J x ≥ 0}, the directions that conflict with no gradient",
         fontsize=12,
     )
-    subfigures = figure.subfigures(1, len(SCENARIOS), wspace=0.03)
+    subfigures = figure.subfigures(1, len(SCENARIOS), wspace=0.03, squeeze=False)[0]
     for subfigure, (title, jacobian) in zip(subfigures, SCENARIOS):
         subfigure.suptitle(title, fontsize=15)
         axes = subfigure.subplots(rows, columns)
