@@ -24,6 +24,10 @@ settings.register_profile(
 )
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
+# The tests use small tensors, for which one intra-op thread is faster than two, and far faster on
+# a loaded machine; tests that need more threads set them themselves.
+torch.set_num_threads(1)
+
 
 @pytest.fixture(autouse=True)
 def _seed() -> None:
