@@ -436,12 +436,13 @@ class JacobianOptimizer(Optimizer):
         - ``step(losses, **backward_kwargs)``: :meth:`backward` then the wrapped step;
         - ``step()``: the wrapped step on the gradients already there (what
           ``GradScaler.step(opt)`` calls);
-        - ``step(closure=closure)``: the wrapped step, re-evaluating ``closure`` as often as it
-          requires (LBFGS: several times). When the closure returns tensors requiring grad
-          (the losses), they are back-propagated by :meth:`backward` (with
-          ``backward_kwargs``) and their detached sum is returned to the wrapped optimizer;
-          when it returns ``None`` (or values not requiring grad), the gradients it left are
-          used as they are. As in torch, the closure should call :meth:`zero_grad`.
+        - ``step(closure=closure)`` (or torch's ``step(closure)``): the wrapped step,
+          re-evaluating ``closure`` as often as it requires (LBFGS: several times). When the
+          closure returns tensors requiring grad (the losses), they are back-propagated by
+          :meth:`backward` (with ``backward_kwargs``) and their detached sum is returned to the
+          wrapped optimizer; when it returns ``None`` (or values not requiring grad), the
+          gradients it left are used as they are. As in torch, the closure should call
+          :meth:`zero_grad`.
 
         So that an error leaves everything as it was, a step with a closure copies the
         parameters, gradients and optimizer state beforehand when the wrapped optimizer may
@@ -455,6 +456,9 @@ class JacobianOptimizer(Optimizer):
         Returns:
             What the wrapped optimizer's ``step`` returns.
         """
+        if callable(losses) and not isinstance(losses, Tensor) and closure is None:
+            # ``opt.step(closure)``: torch's positional closure, e.g. ``LBFGS``'s idiom.
+            losses, closure = None, losses
         if closure is not None:
             if losses is not None:
                 raise ValueError(

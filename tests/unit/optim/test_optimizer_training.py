@@ -204,6 +204,30 @@ def test_lbfgs_with_a_closure_returning_the_losses() -> None:
         assert torch.allclose(actual, expected, atol=1e-5)
 
 
+def test_closure_passed_positionally_like_torch() -> None:
+    model = make_model()
+    opt = JacobianOptimizer(torch.optim.LBFGS(model.parameters(), lr=0.5, max_iter=4), UPGrad())
+    reference = make_model()
+    reference_opt = JacobianOptimizer(
+        torch.optim.LBFGS(reference.parameters(), lr=0.5, max_iter=4), UPGrad()
+    )
+
+    def closure() -> Tensor:
+        opt.zero_grad()
+        return task_losses(model)
+
+    def reference_closure() -> Tensor:
+        reference_opt.zero_grad()
+        return task_losses(reference)
+
+    for _ in range(2):
+        returned = opt.step(closure)  # torch's `optimizer.step(closure)`
+        expected = reference_opt.step(closure=reference_closure)
+        assert torch.equal(returned, expected)
+    for actual, wanted in zip(model.parameters(), reference.parameters()):
+        assert torch.equal(actual, wanted)
+
+
 def test_lbfgs_failure_inside_a_later_closure_call_changes_nothing() -> None:
     model = make_model()
     opt = JacobianOptimizer(torch.optim.LBFGS(model.parameters(), lr=0.5, max_iter=4), UPGrad())
