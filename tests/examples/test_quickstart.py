@@ -37,8 +37,22 @@ def test_quickstart_trains_both_tasks(capsys: pytest.CaptureFixture[str]) -> Non
         "task",
         "2",
     ]
-    printed_steps = [int(line.split()[0]) for line in output.splitlines()[1:-1]]
+    printed_steps = [int(line.split()[0]) for line in output.splitlines()[1:-3]]
     assert printed_steps == [1, 4, 8, 12, 16, 20]
+    rose = re.fullmatch(
+        r"steps that raised the loss: UPGrad task 1 (\d+), task 2 (\d+) "
+        r"\| sum task 1 (\d+), task 2 (\d+)",
+        output.splitlines()[-3],
+    )
+    assert rose is not None
+    upgrad_rose = module.steps_that_raised(history["JacobianOptimizer(UPGrad)"])
+    summed_rose = module.steps_that_raised(history["summed loss"])
+    assert [int(n) for n in rose.groups()] == [*upgrad_rose, *summed_rose]
+    assert module.steps_that_raised([(1.0, 2.0), (0.5, 3.0), (0.7, 1.0)]) == (1, 1)
+    conflicts = re.fullmatch(
+        r"steps with conflicting task gradients: (\d+) of 20", output.splitlines()[-2]
+    )
+    assert conflicts is not None and 0 <= int(conflicts.group(1)) <= 20
     weights = re.fullmatch(r"last UPGrad weights: \[(.*), (.*)\]", output.splitlines()[-1])
     assert weights is not None and all(float(w) > 0 for w in weights.groups())
 
