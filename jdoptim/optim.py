@@ -1010,7 +1010,18 @@ class JacobianOptimizer(Optimizer):
             with torch.enable_grad():
                 result = closure()
             if _requires_grad(result):
-                self._backward_and_check(result, backward_kwargs)
+                try:
+                    self._backward_and_check(result, backward_kwargs)
+                except RuntimeError as error:
+                    if "second time" not in str(error):
+                        raise
+                    raise RuntimeError(
+                        "`closure` returned losses whose graph was already freed, e.g. by "
+                        "`loss.backward()` inside the closure. With JacobianOptimizer, return the "
+                        "losses without back-propagating them (the step back-propagates them by "
+                        "Jacobian descent), or call `opt.backward(losses)` in the closure and "
+                        "return detached values or None."
+                    ) from error
                 return torch.stack([loss.detach().sum() for loss in _as_losses(result)]).sum()
             self._check_finite_grads()
             return result

@@ -269,6 +269,23 @@ def test_closure_returning_none_uses_the_gradients_it_left() -> None:
         assert torch.equal(actual, expected)
 
 
+def test_closure_that_already_backpropagated_its_losses_is_explained() -> None:
+    model = make_model()
+    opt = JacobianOptimizer(torch.optim.SGD(model.parameters(), lr=0.1), UPGrad())
+    before = copies(model)
+
+    def closure() -> Tensor:  # torch's usual closure: backward, then return the loss
+        opt.zero_grad()
+        loss = task_losses(model).sum()
+        loss.backward()
+        return loss
+
+    with pytest.raises(RuntimeError, match="`closure` returned losses whose graph"):
+        opt.step(closure=closure)
+    for actual, expected in zip(model.parameters(), before):
+        assert torch.equal(actual, expected)
+
+
 def test_losses_and_closure_together_are_rejected() -> None:
     model = make_model()
     opt = JacobianOptimizer(torch.optim.SGD(model.parameters(), lr=0.1))
