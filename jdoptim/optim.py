@@ -931,15 +931,17 @@ class JacobianOptimizer(Optimizer):
             output = torch.stack(losses)
         else:
             output = torch.cat([loss.reshape(-1) for loss in losses])
-        if output.dim() == 0:
-            output = output.reshape(1)
         batch_dim = getattr(self._engine, "batch_dim", None)
+        # Checked before a scalar loss becomes a vector of one loss: a mean-reduced loss has no
+        # batch dimension.
         if batch_dim is not None and not -output.dim() <= batch_dim < output.dim():
             raise ValueError(
                 f"`losses` must have the dimension `batch_dim={batch_dim}` of the engine, but "
                 f"the losses have shape {list(output.shape)}. Pass losses with a batch "
                 "dimension (e.g. reduction='none') or build the engine with batch_dim=None."
             )
+        if output.dim() == 0:
+            output = output.reshape(1)
         groups = self._group_params()
         params = [p for params in groups for p in params]
         used = _leaf_ids([output])

@@ -210,6 +210,16 @@ def test_gramian_mode_with_losses_without_the_batch_dimension() -> None:
     check_refused(model, opt, lambda: opt.step(losses), ValueError, "batch_dim")
 
 
+def test_gramian_mode_with_a_mean_reduced_loss() -> None:
+    model = make_model()
+    opt = JacobianOptimizer(
+        torch.optim.SGD(model.parameters(), lr=0.1), engine=Engine(model, batch_dim=0)
+    )
+    x, y = inputs()
+    loss = ((model(x) - y) ** 2).mean()  # a scalar: the batch dimension was reduced
+    check_refused(model, opt, lambda: opt.step(loss), ValueError, r"`losses` .*batch_dim=0")
+
+
 def test_gramian_mode_rejects_multi_task_arguments() -> None:
     model = make_model()
     opt = JacobianOptimizer(
