@@ -21,7 +21,7 @@ from _aggregators import (
     CONFIG,
     CONSTANT,
     DUALPROJ,
-    DUALPROJ_TORCH,
+    DUALPROJ_QUADPROG,
     IMTLG,
     MEAN,
     MGDA,
@@ -29,7 +29,7 @@ from _aggregators import (
     SUM,
     TRIMMED_MEAN,
     UPGRAD,
-    UPGRAD_TORCH,
+    UPGRAD_QUADPROG,
     AggregatorCase,
     params,
 )
@@ -129,7 +129,7 @@ def _dual_cone_tolerance(matrix: Tensor, weights: Tensor) -> Tensor:
     return tolerance
 
 
-@pytest.mark.parametrize("case", params([UPGRAD, UPGRAD_TORCH, DUALPROJ, DUALPROJ_TORCH]))
+@pytest.mark.parametrize("case", params([UPGRAD, UPGRAD_QUADPROG, DUALPROJ, DUALPROJ_QUADPROG]))
 @given(matrix=matrices())
 def test_dual_cone_aggregators_are_non_conflicting(case: AggregatorCase, matrix: Tensor) -> None:
     output, weights = aggregate_with_weights(case(matrix.shape[0]), matrix)
@@ -159,9 +159,9 @@ def test_mgda_is_non_conflicting(matrix: Tensor) -> None:
 
 PERMUTATION_INVARIANT = [
     UPGRAD,
-    UPGRAD_TORCH,
+    UPGRAD_QUADPROG,
     DUALPROJ,
-    DUALPROJ_TORCH,
+    DUALPROJ_QUADPROG,
     MGDA,
     IMTLG,
     ALIGNED_MTL,
@@ -283,7 +283,8 @@ def test_upgrad_is_linear_under_positive_scaling(data: st.DataObject) -> None:
 
 
 @pytest.mark.parametrize(
-    "case", params([UPGRAD, UPGRAD_TORCH, DUALPROJ, DUALPROJ_TORCH, CONSTANT, MEAN, RANDOM, SUM])
+    "case",
+    params([UPGRAD, UPGRAD_QUADPROG, DUALPROJ, DUALPROJ_QUADPROG, CONSTANT, MEAN, RANDOM, SUM]),
 )
 @given(matrix=non_strongly_stationary_matrices())
 def test_strongly_stationary(case: AggregatorCase, matrix: Tensor) -> None:
