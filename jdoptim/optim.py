@@ -473,27 +473,39 @@ class JacobianOptimizer(Optimizer):
                 )
             self._check_finite_grads()
             return self._inner.step()
-        self._backward_and_check(losses, backward_kwargs)
-        return self._inner.step()
+        undo = self._backward_and_check(losses, backward_kwargs)
+        try:
+            return self._inner.step()
+        except BaseException:
+            undo()  # the wrapped step failed: the .grad written by the backward go too
+            raise
 
-    def _backward_and_check(self, losses: Any, backward_kwargs: dict[str, Any]) -> None:
+    def _backward_and_check(
+        self, losses: Any, backward_kwargs: dict[str, Any]
+    ) -> Callable[[], None]:
         """:meth:`backward`, then refuses non-finite gradients, undoing the backward if so.
 
         When every ``.grad`` was None before and the backward knows that what it wrote is
         finite (it saw finite Gramians and weights), no pass over the gradients is needed.
+        Returns a function that undoes the backward (``.grad`` and the aggregators' state).
         """
         grads = _grad_references(self.param_groups)
         fresh = all(grad is None for _, grad in grads)
         aggregator_states = self._snapshot_aggregators()
+
+        def undo() -> None:
+            _restore_grads(grads)
+            self._restore_aggregators(aggregator_states)
+
         self.backward(losses, **backward_kwargs)
         if fresh and self._runtime.wrote_finite:
-            return
+            return undo
         try:
             self._check_finite_grads()
         except NonFiniteGradientError:
-            _restore_grads(grads)
-            self._restore_aggregators(aggregator_states)
+            undo()
             raise
+        return undo
 
     def backward(
         self,

@@ -124,6 +124,25 @@ def test_copies_and_pickles_are_independent_optimizers() -> None:
     assert restored.state_dict()["jdoptim"]["aggregator"]["step"] == 1
 
 
+def test_a_failing_wrapped_step_leaves_the_gradients_and_aggregator_state() -> None:
+    class Refusing(torch.optim.SGD):
+        def step(self, closure=None):  # type: ignore[no-untyped-def]
+            raise RuntimeError("the wrapped optimizer refused")
+
+    model = make_model()
+    aggregator = NashMTL(n_tasks=3, update_weights_every=1)
+    opt = JacobianOptimizer(Refusing(model.parameters(), lr=0.1), aggregator)
+    opt.backward(task_losses(model, 0))
+    grads = [p.grad.clone() for p in model.parameters()]
+    state = {k: v.clone() for k, v in aggregator.state_dict().items()}
+    with pytest.raises(RuntimeError, match="refused"):
+        opt.step(task_losses(model, 1))
+    for param, grad in zip(model.parameters(), grads):
+        assert torch.equal(param.grad, grad)  # not grad + the aggregated Jacobian of step 1
+    for key, value in aggregator.state_dict().items():
+        assert torch.equal(value, state[key])
+
+
 def test_custom_optimizer_closure_failure_is_undone() -> None:
     class TwoEvaluations(torch.optim.Optimizer):
         """Moves, then re-evaluates the closure (like sharpness-aware minimisation)."""
