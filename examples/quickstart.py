@@ -3,10 +3,10 @@
 Two regression tasks share a trunk; the second task's targets are ten times larger, so at first
 the summed loss is almost all task 2. ``JacobianOptimizer`` computes the Jacobian of the two
 losses instead (one row per task) and aggregates it with UPGrad into an update that conflicts
-with neither task's gradient (a non-negative inner product with both). The script trains the same network both
-ways, with Adam and from the same initialisation, and prints the two task losses of each run
-side by side, the number of steps that raised each task's loss, and the number of steps in
-which the two task gradients conflicted (from ``optimizer.diagnostics()``).
+with neither task's gradient (a non-negative inner product with both). The script trains the
+same network both ways, with Adam and from the same initialisation, and prints the two task
+losses of each run side by side, the number of steps that raised each task's loss, and the
+number of steps in which the two task gradients conflicted (from ``optimizer.diagnostics()``).
 
 What the numbers show with the defaults: the task gradients conflict in most steps, and the
 summed-loss run raises task 1's loss in more steps than the UPGrad run; the final losses are
