@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import torch
 from torch import Tensor
 
 
@@ -45,10 +46,15 @@ def resolve_pref_vector(pref_vector: Tensor | None, gramian: Tensor, default: fl
 
 
 def normalize(gramian: Tensor, norm_eps: float) -> Tensor:
-    """``G / tr(G)`` when ``tr(G) >= norm_eps``, else the zero matrix (SPEC Appendix A)."""
+    """``G / tr(G)`` when ``tr(G) >= norm_eps``, else the zero matrix (SPEC Appendix A).
+
+    A zero trace gives the zero matrix even with ``norm_eps = 0`` (never ``0 / 0``); a
+    non-finite entry of ``G`` stays non-finite.
+    """
     trace = gramian.trace()
+    keep = (trace >= norm_eps) & (trace > 0)
     # torch.where keeps this free of a host synchronisation on accelerators.
-    return (gramian / trace.clamp(min=norm_eps)) * (trace >= norm_eps)
+    return (gramian / torch.where(keep, trace, 1.0)) * keep
 
 
 def pref_repr(pref_vector: Tensor | None) -> str:

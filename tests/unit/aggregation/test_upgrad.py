@@ -82,6 +82,35 @@ def test_zero_matrix_gives_zeros() -> None:
     assert torch.equal(UPGrad()(torch.zeros(3, 4)), torch.zeros(4))
 
 
+@pytest.mark.parametrize("solver", ["torch", "quadprog"])
+def test_zero_matrix_gives_zeros_with_a_zero_norm_eps(solver: str) -> None:
+    # tr(G) = 0 >= norm_eps = 0: the normalised Gramian is the zero matrix, never 0 / 0.
+    output = UPGrad(norm_eps=0.0, solver=solver)(torch.zeros(3, 4))
+
+    assert torch.equal(output, torch.zeros(4))
+
+
+@pytest.mark.parametrize("solver", ["torch", "quadprog"])
+@pytest.mark.parametrize(
+    ("jacobian", "expected"),
+    [
+        ([[1.0, 2.0], [2.0, 4.0]], [1.5, 3.0]),  # parallel rows: the mean
+        ([[1.0, 0.0], [0.0, 0.0]], [0.5, 0.0]),  # a zero row
+        ([[1.0, 0.0], [-1.0, 0.0]], [0.0, 0.0]),  # opposite rows: the dual cone is a plane
+        ([[0.0, 0.0], [0.0, 0.0]], [0.0, 0.0]),
+    ],
+)
+def test_exactly_singular_gramians_with_a_zero_reg_eps(
+    solver: str, jacobian: list[list[float]], expected: list[float]
+) -> None:
+    # reg_eps = 0 is allowed: the QP is then posed on a singular Gramian.
+    output = UPGrad(reg_eps=0.0, solver=solver)(torch.tensor(jacobian, dtype=torch.float64))
+
+    torch.testing.assert_close(
+        output, torch.tensor(expected, dtype=torch.float64), atol=1e-6, rtol=0
+    )
+
+
 @pytest.mark.parametrize("pref_vector", [None, torch.tensor([0.5, 0.2, 0.3])])
 def test_zero_gramian_gives_the_pref_vector(pref_vector: Tensor | None) -> None:
     weights = UPGradWeighting(pref_vector)(torch.zeros(3, 3))
