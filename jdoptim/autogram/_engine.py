@@ -47,7 +47,10 @@ class Engine:
     ``losses.backward(weights)`` then gives the same ``.grad`` as aggregating the Jacobian with
     the corresponding aggregator (``Jᵀ w``). For losses with several dimensions (e.g.
     ``[batch, tasks]``), use :class:`~jdoptim.aggregation.Flattening` around the weighting.
-    The hooks live as long as the engine; :meth:`remove` takes them off earlier.
+    The hooks live as long as the engine; :meth:`remove` takes them off earlier. Each recorded
+    call keeps its inputs and its part of the graph alive until the next :meth:`compute_gramian`:
+    run forward passes that no :meth:`compute_gramian` follows (e.g. evaluation) under
+    :func:`torch.no_grad`, or their records (and memory) pile up.
 
     **Batch dimension.** With ``batch_dim=d``, the losses are assumed independent across
     dimension ``d``: loss ``i`` along ``d`` depends only on sample ``i``. The gradients with
