@@ -111,9 +111,9 @@ class CAGradWeighting(Weighting):
         normalized = normalize(gramian, self.norm_eps).to(device="cpu", dtype=torch.float64)
         array = normalized.numpy(force=True)
         if not np.isfinite(array).all():
-            return torch.full_like(gramian[0], float("nan"))
+            return gramian.new_full((m,), float("nan"))
         if not array.any():
-            return torch.zeros_like(gramian[0])
+            return gramian.new_zeros(m)
         eigenvalues, eigenvectors = np.linalg.eigh((array + array.T) / 2.0)
         # N(G) is symmetric positive semi-definite: U S Uᵀ with S ≥ 0, up to rounding.
         reduced = eigenvectors * np.sqrt(np.clip(eigenvalues, 0.0, None))

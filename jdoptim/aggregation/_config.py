@@ -61,6 +61,9 @@ class ConFIG(Aggregator):
             )
         else:
             preferences = self.pref_vector.to(device=matrix.device, dtype=matrix.dtype)
+        if matrix.numel() == 0:
+            # No row or no column: the output is the empty sum, zeros (the SVD needs both).
+            return matrix.new_zeros(matrix.shape[1])
         norms = torch.linalg.vector_norm(matrix, dim=1, keepdim=True)
         # Exactly-zero rows get u_i = 0; any positive norm is used as is, so that rescaling a
         # row by a positive factor leaves its unit vector unchanged.

@@ -19,7 +19,8 @@ class MeanWeighting(Weighting):
 
     def forward(self, gramian: Tensor, /) -> Tensor:
         m = gramian.shape[0]
-        return gramian.new_full((m,), 1.0 / m)
+        # max(m, 1): a Jacobian without rows (e.g. of an empty loss tensor) aggregates to zeros.
+        return gramian.new_full((m,), 1.0 / max(m, 1))
 
 
 class Mean(GramianWeightedAggregator):

@@ -369,6 +369,25 @@ def test_zero_matrix_gives_zeros(case: AggregatorCase, shape: tuple[int, int]) -
     assert torch.equal(output, torch.zeros(n))
 
 
+@pytest.mark.parametrize("case", params(ALL_CASES))
+def test_matrix_without_columns_gives_an_empty_vector(case: AggregatorCase) -> None:
+    # E.g. the Jacobian of a parameter with no elements.
+    output = _aggregate(case, torch.zeros(max(4, case.min_m), 0))
+    assert output.shape == (0,)
+
+
+@pytest.mark.parametrize("case", params(ALL_CASES))
+def test_matrix_without_rows_gives_zeros_or_a_value_error(case: AggregatorCase) -> None:
+    # E.g. the Jacobian of an empty tensor of losses: never a crash of another kind.
+    aggregator = case(case.min_m)
+    try:
+        output = aggregator(torch.zeros(0, 3))
+    except ValueError as error:
+        assert "`" in str(error)  # names the offending parameter
+    else:
+        assert torch.equal(output, torch.zeros(3))
+
+
 # --- aggregate_with_weights --------------------------------------------------------------------
 
 
