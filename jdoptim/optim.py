@@ -1102,9 +1102,13 @@ class JacobianOptimizer(Optimizer):
 
 def _check_aggregator(aggregator: Any, name: str) -> None:
     if not isinstance(aggregator, Aggregator):
+        if isinstance(aggregator, type):
+            got = f"the class {aggregator.__name__} (pass an instance: {aggregator.__name__}())"
+        else:
+            got = type(aggregator).__name__
         raise TypeError(
             f"{name if name.startswith('`') else f'`{name}`'} must be a "
-            f"jdoptim.aggregation.Aggregator, but got {type(aggregator).__name__}."
+            f"jdoptim.aggregation.Aggregator, but got {got}."
         )
 
 

@@ -244,6 +244,7 @@ def test_gramian_mode_rejects_group_aggregators() -> None:
     [
         ({"optimizer": "sgd"}, TypeError, "`optimizer`"),
         ({"aggregator": "upgrad"}, TypeError, "`aggregator`"),
+        ({"aggregator": UPGrad}, TypeError, r"`aggregator` .*the class UPGrad .*UPGrad\(\)"),
         ({"weighting": Mean()}, ValueError, "`weighting`"),
         ({"parallel_chunk_size": 0}, ValueError, "`parallel_chunk_size`"),
         ({"engine": object()}, TypeError, "`engine`"),
