@@ -12,6 +12,13 @@ from ._non_differentiable import make_non_differentiable
 _LOW_PRECISION = (torch.float16, torch.bfloat16)
 
 
+def _describe(value: object) -> str:
+    """The type of ``value``, or, for a class passed instead of an instance, how to fix it."""
+    if isinstance(value, type):
+        return f"the class {value.__name__} (pass an instance: {value.__name__}())"
+    return type(value).__name__
+
+
 def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
     """The dtype in which a tensor of ``dtype`` is processed: half precisions go to float32."""
     return torch.float32 if dtype in _LOW_PRECISION else dtype
@@ -131,7 +138,7 @@ class GramianWeightedAggregator(Aggregator):
         if not isinstance(gramian_weighting, Weighting):
             raise TypeError(
                 "`gramian_weighting` must be a jdoptim.aggregation.Weighting, but got "
-                f"{type(gramian_weighting).__name__}."
+                f"{_describe(gramian_weighting)}."
             )
         self.gramian_weighting = gramian_weighting
 
@@ -215,7 +222,7 @@ class Flattening(GeneralizedWeighting):
         if not isinstance(weighting, Weighting):
             raise TypeError(
                 "`weighting` must be a jdoptim.aggregation.Weighting, but got "
-                f"{type(weighting).__name__}."
+                f"{_describe(weighting)}."
             )
         self.weighting = weighting
 

@@ -78,7 +78,7 @@ def jac_to_grad(
     if not isinstance(aggregator, Aggregator):
         raise TypeError(
             "`aggregator` must be a jdoptim.aggregation.Aggregator, but got "
-            f"{type(aggregator).__name__}."
+            f"{_describe(aggregator)}."
         )
     jacobians = _checked_jacobians(tensor_list)
     m = jacobians[0].shape[0]
@@ -121,6 +121,13 @@ def jac_to_grad(
         for tensor in tensor_list:
             delete_jac(tensor)
     return weights
+
+
+def _describe(value: object) -> str:
+    """The type of ``value``, or, for a class passed instead of an instance, how to fix it."""
+    if isinstance(value, type):
+        return f"the class {value.__name__} (pass an instance: {value.__name__}())"
+    return type(value).__name__
 
 
 def _checked_jacobians(tensors: list[Tensor]) -> list[Tensor]:

@@ -238,6 +238,8 @@ def test_gramian_weighted_aggregator_exposes_its_weighting() -> None:
 def test_gramian_weighted_aggregator_rejects_non_weightings() -> None:
     with pytest.raises(TypeError, match="`gramian_weighting`"):
         GramianWeightedAggregator(Mean())  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match=r"the class MeanWeighting .*MeanWeighting\(\)"):
+        GramianWeightedAggregator(MeanWeighting)  # type: ignore[arg-type]
 
 
 def test_gramian_weighted_aggregator_fires_weighting_hooks_on_every_call() -> None:
@@ -350,6 +352,8 @@ def test_flattening_of_a_plain_gramian_is_the_weighting() -> None:
 def test_flattening_rejects_non_weightings() -> None:
     with pytest.raises(TypeError, match="`weighting`"):
         Flattening(Mean())  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match=r"the class MeanWeighting .*MeanWeighting\(\)"):
+        Flattening(MeanWeighting)  # type: ignore[arg-type]
 
 
 def test_flattening_fires_hooks_of_its_weighting() -> None:

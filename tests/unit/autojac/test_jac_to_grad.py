@@ -248,6 +248,9 @@ def test_error_not_an_aggregator() -> None:
     backward(a * 2)
     with pytest.raises(TypeError, match="`aggregator`"):
         jac_to_grad([a], lambda matrix: matrix.mean(0))  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match=r"the class UPGrad .*UPGrad\(\)"):
+        jac_to_grad([a], UPGrad)  # type: ignore[arg-type]
+    assert a.jac.shape == (3, 3)  # nothing lost
 
 
 def test_jacobians_of_chunked_backward_are_aggregated_without_copy() -> None:
