@@ -17,7 +17,9 @@ class IMTLGWeighting(Weighting):
 
     For ``G = J Jᵀ``, :math:`J^\top w` has the same projection on every normalised row
     :math:`g_i / \lVert g_i \rVert` (when the rows are linearly independent). The weights are
-    zero when :math:`|\sum_i v_i| < 10^{-12}`, so an all-zero Gramian gives zeros, never NaN.
+    zero when :math:`|\sum_i v_i| < 10^{-12}`, so an all-zero Gramian gives zeros, never NaN;
+    ``v`` is computed on :math:`G / \operatorname{tr}(G)` (which leaves ``w`` unchanged), so that
+    this test does not depend on the scale of the gradients.
     Computed in float64; a non-finite Gramian gives NaN weights. From `Towards Impartial
     Multi-task Learning <https://openreview.net/forum?id=IMPnRXEWpvr>`_ (Liu et al., ICLR 2021).
 
@@ -38,6 +40,10 @@ class IMTLGWeighting(Weighting):
         # Guard the decomposition inside pinv against non-finite input without a host sync.
         finite = torch.isfinite(gram).all()
         safe_gram = torch.where(finite, gram, torch.zeros_like(gram))
+        # w is unchanged by a rescaling of G, but Σv scales like 1/‖gᵢ‖: work with G / tr(G) so
+        # that the test |Σv| < 1e-12 does not zero out the weights of large gradients.
+        trace = safe_gram.diagonal().clamp(min=0.0).sum()
+        safe_gram = safe_gram / torch.where(trace > 0, trace, torch.ones_like(trace))
         norms = safe_gram.diagonal().clamp(min=0.0).sqrt()
         v = torch.linalg.pinv(safe_gram, hermitian=True) @ norms
         total = v.sum()

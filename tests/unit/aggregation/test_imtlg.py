@@ -74,6 +74,16 @@ def test_rows_summing_to_zero_give_zero_weights() -> None:
     assert torch.equal(IMTLGWeighting()(torch.tensor([[1.0, -1.0], [-1.0, 1.0]])), torch.zeros(2))
 
 
+@pytest.mark.parametrize("scale", [1e-12, 1e-6, 1e6, 1e13, 1e15])
+def test_output_scales_with_the_jacobian(scale: float) -> None:
+    # w does not depend on the scale of J, so A(sJ) = s A(J) (large gradients are not zeroed).
+    jacobian = torch.tensor([[1.0, 0.0], [0.0, 2.0]], dtype=torch.float64)
+
+    output = IMTLG()(scale * jacobian)
+
+    torch.testing.assert_close(output, scale * torch.tensor([2 / 3, 2 / 3], dtype=torch.float64))
+
+
 def test_badly_scaled_rows_give_a_finite_output() -> None:
     jacobian = torch.randn(6, 8) * torch.logspace(-10, 15, 6)[:, None]
 
