@@ -531,7 +531,12 @@ class JacobianOptimizer(Optimizer):
         The weights used are then in :attr:`last_weights`. Nothing is written when an error
         is raised; a non-finite Jacobian writes NaN gradients (see the class documentation).
         The gradients are accumulated like ``torch.autograd.backward`` does; ``.jac`` fields
-        are neither read nor written (the Jacobian goes straight to ``.grad``).
+        are neither read nor written (the Jacobian goes straight to ``.grad``). So two calls
+        before one step (gradient accumulation over micro-batches) add two aggregated updates,
+        :math:`A(J_1) + A(J_2)`, which for a non-linear aggregator such as UPGrad is not
+        :math:`A(J_1 + J_2)`; to aggregate the accumulated Jacobian instead, call
+        :func:`jdoptim.autojac.backward` on each micro-batch, then
+        :func:`jdoptim.autojac.jac_to_grad` once per parameter group, then ``step()``.
         """
         if not isinstance(retain_graph, bool):
             raise TypeError(f"`retain_graph` must be a bool, but got {retain_graph!r}.")

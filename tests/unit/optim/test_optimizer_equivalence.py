@@ -84,6 +84,31 @@ def test_backward_accumulates_like_torch() -> None:
     assert all(p.grad is None for p in model.parameters())
 
 
+def test_two_backwards_add_two_aggregations_as_documented() -> None:
+    model = make_model()
+    params = list(model.parameters())
+    opt = JacobianOptimizer(torch.optim.SGD(params, lr=0.1), UPGrad())
+    opt.backward(task_losses(model, 0))
+    opt.backward(task_losses(model, 1))
+    accumulated = [p.grad.clone() for p in params]
+
+    expected = []
+    for step in (0, 1):
+        opt.zero_grad()
+        backward(task_losses(model, step), inputs=params)
+        jac_to_grad(params, UPGrad())
+        expected.append([p.grad.clone() for p in params])
+    for actual, first, second in zip(accumulated, *expected):
+        assert torch.allclose(actual, first + second, atol=1e-6)
+
+    # The documented alternative aggregates the accumulated Jacobian: another update.
+    opt.zero_grad()
+    backward(task_losses(model, 0), inputs=params)
+    backward(task_losses(model, 1), inputs=params)
+    jac_to_grad(params, UPGrad())
+    assert not torch.allclose(params[0].grad, accumulated[0], atol=1e-3)
+
+
 def test_parameters_not_used_by_the_losses_keep_no_grad() -> None:
     model = make_model()
     unused = nn.Parameter(torch.ones(4))
