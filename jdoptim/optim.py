@@ -426,7 +426,7 @@ class JacobianOptimizer(Optimizer):
 
     def step(  # type: ignore[override]
         self,
-        losses: Losses | None = None,
+        losses: Losses | Callable[[], Any] | None = None,
         /,
         closure: Callable[[], Any] | None = None,
         **backward_kwargs: Any,
