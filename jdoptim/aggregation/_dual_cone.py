@@ -103,7 +103,21 @@ def _solve_rows(gramian: _Array, lower_bounds: _Array) -> _Array:
     )
 
 
+# On the CPU, quadprog's per-problem solves beat the batched torch solver's fixed cost up to about
+# this many objectives (measured on a 2-core CPU, one thread: 0.2 vs 1.2 ms at m = 8, 0.9 vs
+# 1.3 ms at m = 24, 1.9 vs 1.4 ms at m = 32 for UPGrad on random Jacobians).
+_AUTO_QUADPROG_MAX_M = 24
+
+
+def _solve_auto(gramian: Tensor, lower_bounds: Tensor) -> Tensor:
+    """quadprog for small problems on the CPU, the batched torch solver everywhere else."""
+    if gramian.device.type == "cpu" and gramian.shape[0] <= _AUTO_QUADPROG_MAX_M:
+        return _solve_with_quadprog(gramian, lower_bounds)
+    return solve_dual_cone_torch(gramian, lower_bounds)
+
+
 _SOLVERS: dict[str, DualConeSolver] = {
+    "auto": _solve_auto,
     "quadprog": _solve_with_quadprog,
     "torch": solve_dual_cone_torch,
 }
@@ -129,8 +143,10 @@ def solve_dual_cone(gramian: Tensor, lower_bounds: Tensor, solver: str = "quadpr
     Args:
         gramian: ``[m, m]`` symmetric positive (semi-)definite matrix ``G``.
         lower_bounds: ``[k, m]`` matrix whose rows are the lower bounds ``u_i``.
-        solver: ``"quadprog"`` (float64 on the CPU, one QP per row) or ``"torch"`` (all rows at
-            once by block principal pivoting, in float64 on the Gramian's device).
+        solver: ``"quadprog"`` (float64 on the CPU, one QP per row), ``"torch"`` (all rows at
+            once by block principal pivoting, in float64 on the Gramian's device, no host copy),
+            or ``"auto"`` (quadprog for ``m <= 24`` on the CPU, where it is faster; torch
+            otherwise).
 
     Returns:
         ``[k, m]`` solutions, on ``gramian``'s device and with its dtype.

@@ -36,8 +36,9 @@ class DualProjWeighting(Weighting):
         pref_vector: ``[m]`` preference vector ``p``; ``None`` means uniform ``1/m``.
         norm_eps: the trace below which the Gramian is treated as zero (``≥ 0``).
         reg_eps: the multiple of the identity added to the normalised Gramian (``≥ 0``).
-        solver: the dual-cone QP solver: ``"torch"`` (batched, on the Gramian's device) or
-            ``"quadprog"`` (one QP per row on the CPU).
+        solver: the dual-cone QP solver: ``"auto"`` (quadprog for up to 24 objectives on the
+            CPU, where it is faster, else torch), ``"torch"`` (batched, on the Gramian's device,
+            no host copy) or ``"quadprog"`` (one QP per row on the CPU).
 
     Example:
         >>> import torch
@@ -55,7 +56,7 @@ class DualProjWeighting(Weighting):
         pref_vector: Tensor | None = None,
         norm_eps: float = 1e-4,
         reg_eps: float = 1e-4,
-        solver: str = "torch",
+        solver: str = "auto",
     ) -> None:
         super().__init__()
         check_pref_vector(pref_vector)
@@ -105,8 +106,9 @@ class DualProj(GramianWeightedAggregator):
         pref_vector: ``[m]`` preference vector; ``None`` means uniform ``1/m``.
         norm_eps: the trace below which the Gramian is treated as zero (``≥ 0``).
         reg_eps: the multiple of the identity added to the normalised Gramian (``≥ 0``).
-        solver: the dual-cone QP solver: ``"torch"`` (batched, on the Gramian's device) or
-            ``"quadprog"`` (one QP per row on the CPU).
+        solver: the dual-cone QP solver: ``"auto"`` (quadprog for up to 24 objectives on the
+            CPU, where it is faster, else torch), ``"torch"`` (batched, on the Gramian's device,
+            no host copy) or ``"quadprog"`` (one QP per row on the CPU).
 
     Example:
         >>> import torch
@@ -122,7 +124,7 @@ class DualProj(GramianWeightedAggregator):
         pref_vector: Tensor | None = None,
         norm_eps: float = 1e-4,
         reg_eps: float = 1e-4,
-        solver: str = "torch",
+        solver: str = "auto",
     ) -> None:
         super().__init__(DualProjWeighting(pref_vector, norm_eps, reg_eps, solver))
 

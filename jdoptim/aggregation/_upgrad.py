@@ -37,8 +37,9 @@ class UPGradWeighting(Weighting):
         pref_vector: ``[m]`` preference vector ``p``; ``None`` means uniform ``1/m``.
         norm_eps: the trace below which the Gramian is treated as zero (``≥ 0``).
         reg_eps: the multiple of the identity added to the normalised Gramian (``≥ 0``).
-        solver: the dual-cone QP solver: ``"torch"`` (batched, on the Gramian's device) or
-            ``"quadprog"`` (one QP per row on the CPU).
+        solver: the dual-cone QP solver: ``"auto"`` (quadprog for up to 24 objectives on the
+            CPU, where it is faster, else torch), ``"torch"`` (batched, on the Gramian's device,
+            no host copy) or ``"quadprog"`` (one QP per row on the CPU).
 
     Example:
         >>> import torch
@@ -56,7 +57,7 @@ class UPGradWeighting(Weighting):
         pref_vector: Tensor | None = None,
         norm_eps: float = 1e-4,
         reg_eps: float = 1e-4,
-        solver: str = "torch",
+        solver: str = "auto",
     ) -> None:
         super().__init__()
         check_pref_vector(pref_vector)
@@ -107,8 +108,9 @@ class UPGrad(GramianWeightedAggregator):
         pref_vector: ``[m]`` preference vector; ``None`` means uniform ``1/m``.
         norm_eps: the trace below which the Gramian is treated as zero (``≥ 0``).
         reg_eps: the multiple of the identity added to the normalised Gramian (``≥ 0``).
-        solver: the dual-cone QP solver: ``"torch"`` (batched, on the Gramian's device) or
-            ``"quadprog"`` (one QP per row on the CPU).
+        solver: the dual-cone QP solver: ``"auto"`` (quadprog for up to 24 objectives on the
+            CPU, where it is faster, else torch), ``"torch"`` (batched, on the Gramian's device,
+            no host copy) or ``"quadprog"`` (one QP per row on the CPU).
 
     Example:
         >>> import torch
@@ -124,7 +126,7 @@ class UPGrad(GramianWeightedAggregator):
         pref_vector: Tensor | None = None,
         norm_eps: float = 1e-4,
         reg_eps: float = 1e-4,
-        solver: str = "torch",
+        solver: str = "auto",
     ) -> None:
         super().__init__(UPGradWeighting(pref_vector, norm_eps, reg_eps, solver))
 

@@ -196,3 +196,38 @@ def test_indefinite_matrix_is_rejected() -> None:
 
     with pytest.raises(ValueError, match=r"gramian.*positive semi-definite"):
         solve_dual_cone(matrix, torch.tensor([[1.0, -1.0]]), "quadprog")
+
+
+def test_auto_solver_uses_quadprog_for_small_cpu_problems_and_torch_otherwise(monkeypatch) -> None:
+    from jdoptim.aggregation import _dual_cone
+
+    calls: list[str] = []
+    monkeypatch.setattr(
+        _dual_cone,
+        "_solve_with_quadprog",
+        lambda g, u: calls.append("quadprog") or torch.zeros_like(u),
+    )
+    monkeypatch.setattr(
+        _dual_cone,
+        "solve_dual_cone_torch",
+        lambda g, u: calls.append("torch") or torch.zeros_like(u),
+    )
+    for m in (1, _dual_cone._AUTO_QUADPROG_MAX_M, _dual_cone._AUTO_QUADPROG_MAX_M + 1):
+        solve_dual_cone(
+            torch.eye(m, dtype=torch.float64), torch.eye(m, dtype=torch.float64), "auto"
+        )
+    assert calls == ["quadprog", "quadprog", "torch"]
+
+
+@pytest.mark.parametrize("m", [3, 30])
+def test_auto_solver_matches_both_solvers(m: int) -> None:
+    generator = torch.Generator().manual_seed(m)
+    jacobian = torch.randn(m, 50, generator=generator, dtype=torch.float64)
+    gramian = jacobian @ jacobian.T
+    gramian = gramian / gramian.trace() + 1e-4 * torch.eye(m, dtype=torch.float64)
+    bounds = torch.eye(m, dtype=torch.float64) / m
+    auto = solve_dual_cone(gramian, bounds, "auto")
+    for solver in ("quadprog", "torch"):
+        torch.testing.assert_close(
+            auto, solve_dual_cone(gramian, bounds, solver), rtol=1e-6, atol=1e-9
+        )

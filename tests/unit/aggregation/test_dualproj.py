@@ -217,10 +217,10 @@ def test_pref_vector_follows_the_module_dtype_and_is_not_saved() -> None:
 
 def test_repr_and_str() -> None:
     assert repr(DualProj()) == (
-        "DualProj(pref_vector=None, norm_eps=0.0001, reg_eps=0.0001, solver='torch')"
+        "DualProj(pref_vector=None, norm_eps=0.0001, reg_eps=0.0001, solver='auto')"
     )
     assert repr(DualProjWeighting(torch.tensor([0.3, 0.7]), 0.0, 0.01)) == (
-        "DualProjWeighting(pref_vector=[0.3,0.7], norm_eps=0.0, reg_eps=0.01, solver='torch')"
+        "DualProjWeighting(pref_vector=[0.3,0.7], norm_eps=0.0, reg_eps=0.01, solver='auto')"
     )
     assert str(DualProj()) == "DualProj"
     assert str(DualProj(pref_vector=torch.tensor([0.3, 0.7]))) == "DualProj([0.3,0.7])"

@@ -205,10 +205,10 @@ def test_pref_vector_follows_the_module_dtype_and_is_not_saved() -> None:
 
 def test_repr_and_str() -> None:
     assert repr(UPGrad()) == (
-        "UPGrad(pref_vector=None, norm_eps=0.0001, reg_eps=0.0001, solver='torch')"
+        "UPGrad(pref_vector=None, norm_eps=0.0001, reg_eps=0.0001, solver='auto')"
     )
     assert repr(UPGradWeighting(torch.tensor([0.3, 0.7]), 0.0, 0.01)) == (
-        "UPGradWeighting(pref_vector=[0.3,0.7], norm_eps=0.0, reg_eps=0.01, solver='torch')"
+        "UPGradWeighting(pref_vector=[0.3,0.7], norm_eps=0.0, reg_eps=0.01, solver='auto')"
     )
     assert str(UPGrad()) == "UPGrad"
     assert str(UPGrad(pref_vector=torch.tensor([0.3, 0.7]))) == "UPGrad([0.3,0.7])"
