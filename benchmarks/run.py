@@ -86,13 +86,19 @@ def aggregation_workloads(quick: bool) -> list[Workload]:
             (64, 10**6),
         ]
     )
-    names = ("J Jᵀ", "UPGrad(solver=torch)", "UPGrad(solver=quadprog)", "Mean")
+    names = (
+        "J Jᵀ",
+        "UPGrad(solver=auto)",
+        "UPGrad(solver=torch)",
+        "UPGrad(solver=quadprog)",
+        "Mean",
+    )
     return [
         Workload(
             name=f"aggregation m={m} n={n:.0e}",
             baseline="J Jᵀ",
             configurations={name: _aggregation_setup(m, n, name) for name in names},
-            targets={"UPGrad(solver=torch)": "≤ 2.2" if m <= 8 and n >= 10**6 else ""},
+            targets={"UPGrad(solver=auto)": "≤ 2.2" if m <= 8 and n >= 10**6 else ""},
             repeats=3 if quick else (5 if n >= 10**7 else 10),
             measure_memory=not quick,
         )
