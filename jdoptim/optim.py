@@ -1012,7 +1012,13 @@ class JacobianOptimizer(Optimizer):
             square = gramian.permute(order).reshape(output.numel(), output.numel())
         self._runtime.last_weights = tuple(weights for _ in groups)
         self._runtime.gramians = tuple(square.detach() for _ in groups)
-        self._runtime.wrote_finite = known_finite
+        # A finite Gramian only vouches for the gradients of the engine's own parameters: those
+        # of parameters outside its modules may still overflow, so they are checked by `step`.
+        engine_parameters = getattr(self._engine, "_parameters", None)
+        covered = isinstance(engine_parameters, dict) and all(
+            id(param) in engine_parameters for param in inputs
+        )
+        self._runtime.wrote_finite = known_finite and covered
 
     # -- closures and transactions ----------------------------------------------------------------
 

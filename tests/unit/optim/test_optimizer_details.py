@@ -100,6 +100,22 @@ def test_non_finite_gramian_in_gramian_mode_gives_nan_gradients() -> None:
     assert all(torch.isnan(p.grad).any() for p in model.parameters())
 
 
+def test_gramian_mode_refuses_an_overflow_outside_the_engine() -> None:
+    model = make_model()
+    scale = nn.Parameter(torch.ones(1))  # optimised, but outside the engine's modules
+    opt = JacobianOptimizer(
+        torch.optim.SGD([*model.parameters(), scale], lr=0.1), engine=Engine(model, batch_dim=0)
+    )
+    before = [p.detach().clone() for p in [*model.parameters(), scale]]
+    x = torch.randn(4, 5)
+    losses = model(x).sum(dim=1) + scale * torch.full((4,), 1e38) * 10  # d/dscale overflows
+    with pytest.raises(NonFiniteGradientError):
+        opt.step(losses)  # the engine's Gramian is finite: it does not cover `scale`
+    for param, value in zip([*model.parameters(), scale], before):
+        assert torch.equal(param, value)
+        assert param.grad is None
+
+
 def test_zero_grad_without_set_to_none_zeroes_jac_in_place() -> None:
     from jdoptim.autojac import backward
 
