@@ -900,7 +900,12 @@ class JacobianOptimizer(Optimizer):
                         update, weights[i], gramians[i], finite = _aggregate(
                             aggregator, matrix, self.record_gramians
                         )
-                        known_finite = known_finite and finite
+                        # In float16, w @ J of finite weights and rows can still overflow.
+                        known_finite = (
+                            known_finite
+                            and finite
+                            and all(param.dtype != torch.float16 for param in block.params)
+                        )
                     except ValueError as error:
                         raise ValueError(
                             f"The aggregator {aggregator} of parameter group {block.group_index} "
@@ -1012,11 +1017,11 @@ class JacobianOptimizer(Optimizer):
             square = gramian.permute(order).reshape(output.numel(), output.numel())
         self._runtime.last_weights = tuple(weights for _ in groups)
         self._runtime.gramians = tuple(square.detach() for _ in groups)
-        # A finite Gramian only vouches for the gradients of the engine's own parameters: those
-        # of parameters outside its modules may still overflow, so they are checked by `step`.
+        # A finite Gramian only vouches for the gradients of the engine's own parameters (and
+        # not in float16, where J^T w can still overflow): the others are checked by `step`.
         engine_parameters = getattr(self._engine, "_parameters", None)
         covered = isinstance(engine_parameters, dict) and all(
-            id(param) in engine_parameters for param in inputs
+            id(param) in engine_parameters and param.dtype != torch.float16 for param in inputs
         )
         self._runtime.wrote_finite = known_finite and covered
 

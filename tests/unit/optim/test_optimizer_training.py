@@ -9,7 +9,7 @@ import torch
 from torch import Tensor, nn
 
 from jdoptim import JacobianOptimizer, NonFiniteGradientError
-from jdoptim.aggregation import Mean, UPGrad
+from jdoptim.aggregation import Constant, Mean, UPGrad
 
 
 def make_model() -> nn.Sequential:
@@ -160,6 +160,17 @@ def test_non_finite_gradients_without_scaler_are_refused() -> None:
     assert len(opt.state) == 0
     for actual, expected in zip(model.parameters(), before):
         assert torch.equal(actual, expected)
+
+
+def test_float16_update_that_overflows_is_refused() -> None:
+    weight = nn.Parameter(torch.ones(2, dtype=torch.float16))
+    opt = JacobianOptimizer(torch.optim.SGD([weight], lr=1e-9), Constant(torch.tensor([3.0, 3.0])))
+    # Rows and weights are finite in float16, but w @ J = 3 * 40000 + 3 * 40000 is not.
+    losses = torch.stack([(weight * 40000).sum(), (weight * 40000).sum()])
+    with pytest.raises(NonFiniteGradientError):
+        opt.step(losses)
+    assert torch.equal(weight, torch.ones(2, dtype=torch.float16))
+    assert weight.grad is None
 
 
 def test_step_refuses_non_finite_gradients_written_elsewhere() -> None:
