@@ -101,6 +101,7 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
         gathered = [torch.empty_like(parameters) for _ in range(world_size)]
         dist.all_gather(gathered, parameters)
         identical = all(torch.equal(gathered[0], other) for other in gathered)
+        dist.barrier()  # no rank closes its connections while another still reads from them
         dist.destroy_process_group()
     if rank == 0:
         first, last = history[0], history[-1]
