@@ -13,6 +13,10 @@ exactly (one batched linear solve), then move every index whose sign condition f
 set. A per-problem safeguard falls back to single exchanges (Murty's rule) when the number of
 violations stops decreasing, so the method terminates in finitely many steps on a positive
 definite Gramian, with the exact solution of the final split.
+
+On the CPU the first split is guessed by a few accelerated projected-gradient steps (cheap
+``[k, m] × [m, m]`` products), which usually leaves a single pivoting step, and each split is solved
+through the smaller of ``G_FF`` and the active block of ``G⁻¹`` (computed once for all problems).
 """
 
 from __future__ import annotations
@@ -32,6 +36,23 @@ _TOLERANCE_ULPS = 1e4
 
 # Jitters (relative to max(diag G) = 1) tried in turn when the pivoting fails on a singular G.
 _JITTERS = (0.0, 1e-12, 1e-10, 1e-8, 1e-6, 1e-4, 1e-2, 1.0)
+
+#: Largest entry of ``K G - I`` for which the inverse ``K`` of the Gramian is used to solve the
+#: free-set systems through their active blocks (one refinement step then recovers full accuracy).
+_INVERSE_ACCURACY = 1e-8
+
+#: Estimated relative error of a solve through the inverse above which a refinement step follows.
+_REFINEMENT_THRESHOLD = 1e-10
+
+#: Power iterations estimating the largest eigenvalue of G; at most this many accelerated
+#: projected-gradient steps guess the free sets before the pivoting, stopping when the guess has
+#: not changed over the last _PATTERN_CHECK_EVERY steps.
+_POWER_STEPS = 20
+_PROJECTED_GRADIENT_STEPS = 32
+_PATTERN_CHECK_EVERY = 4
+
+#: Entries of the systems factorised together in one batched call (32 systems of 64 × 64).
+_CHUNK_ENTRIES = 32 * 64 * 64
 
 
 class DualConeResult:
@@ -94,8 +115,9 @@ def solve_dual_cone_torch_with_info(
     if max_iterations is None:
         max_iterations = 4 * m + 20
 
-    g = gramian.to(torch.float64)
-    u = lower_bounds.to(device=device, dtype=torch.float64)
+    # The solver is not differentiable (UPGrad and DualProj say so on backpropagation).
+    g = gramian.detach().to(torch.float64)
+    u = lower_bounds.detach().to(device=device, dtype=torch.float64)
     if u.shape[0] == 0 or m == 0:
         return DualConeResult(u.to(out_dtype), 0, True)
 
@@ -150,6 +172,13 @@ def _pivot(g: Tensor, u: Tensor, compact: bool, max_iterations: int) -> tuple[Te
     budget = torch.full((k,), _FULL_EXCHANGE_BUDGET, device=device, dtype=torch.int64)
     compact_solver = _CompactSolver(g, u) if compact else None
     iterations = 0
+    if compact_solver is not None and compact_solver.has_inverse and max_iterations > 0:
+        # Warm start: guess the free sets with a few projected-gradient steps from the solutions
+        # with only the positive bounds active, and solve for that guess (one pivoting step).
+        v = _projected_gradient(g, u, compact_solver.warm_start())
+        free = v > u
+        v = compact_solver.solve(torch.arange(k, device=device), free)
+        iterations = 1
     while True:
         violated = _violations(g, u, v, free)
         count = violated.sum(dim=1)
@@ -169,6 +198,41 @@ def _pivot(g: Tensor, u: Tensor, compact: bool, max_iterations: int) -> tuple[Te
             v[rows] = compact_solver.solve(rows, free[rows])
         else:
             v = torch.where(pending.unsqueeze(1), _solve_free_masked(g, u, free), v)
+
+
+def _projected_gradient(g: Tensor, u: Tensor, v: Tensor) -> Tensor:
+    """A few accelerated projected-gradient steps (FISTA) from ``v`` towards the solutions.
+
+    Only a guess of the free sets for the pivoting, which makes them exact: on a well
+    conditioned G these steps usually find every free set, so a single pivoting step remains.
+    """
+    m = g.shape[0]
+    # Single precision is enough for a guess, and twice as fast.
+    exact_bounds = u
+    g, u, v = g.float(), u.float(), v.float()
+    # Step 1 / L with L a little above the largest eigenvalue of G (a few power iterations).
+    vector = torch.linspace(1.0, 2.0, m, device=g.device, dtype=g.dtype)
+    for _ in range(_POWER_STEPS):
+        vector = g @ vector
+        vector = vector / vector.norm().clamp(min=1e-30)
+    step = 1.0 / max(1.1 * float(vector @ g @ vector), 1e-30)
+    v = torch.maximum(v, u)
+    momentum_point = v
+    t = 1.0
+    free = v > u
+    for iteration in range(1, _PROJECTED_GRADIENT_STEPS + 1):
+        next_v = torch.addmm(momentum_point, momentum_point, g, alpha=-step).clamp_(min=u)
+        next_t = (1.0 + (1.0 + 4.0 * t * t) ** 0.5) / 2.0
+        # next_v + (t - 1) / next_t · (next_v - v)
+        momentum_point = torch.lerp(v, next_v, 1.0 + (t - 1.0) / next_t)
+        v, t = next_v, next_t
+        if iteration % _PATTERN_CHECK_EVERY == 0:
+            # Stop once the guessed free sets stop changing (one synchronisation).
+            next_free = v > u
+            if bool((next_free == free).all()):
+                break
+            free = next_free
+    return torch.where(torch.isfinite(v) & (v > u), v.to(exact_bounds.dtype), exact_bounds)
 
 
 def _active_set(
@@ -254,105 +318,141 @@ def _solve_free_masked(g: Tensor, u: Tensor, free: Tensor) -> Tensor:
 
 
 class _CompactSolver:
-    """Solves the free-set systems of the pending problems, reusing one factorisation.
+    """Solves the free-set systems of the pending problems, each through its smaller block.
 
-    The first call factorises ``G_FF`` of every pending problem (padded to the largest free set
-    ``F``). Later calls only see a few indices enter or leave ``F``: they reuse those factors
-    and solve a small bordered system (Schur complement) for the changed indices, until the
-    changes grow large enough that a new factorisation is cheaper.
+    The problem with active set ``A`` (``v_A = u_A``) and free set ``F`` has the solution
+    ``v_F = -G_FF⁻¹ G_FA u_A``, or equivalently ``v = K_{:A} K_AA⁻¹ u_A`` with ``K = G⁻¹`` (the
+    multipliers ``K_AA⁻¹ u_A`` are ``(G v)_A``). All problems share ``G``, so ``K`` is computed
+    once, and each problem factorises the smaller of ``G_FF`` and ``K_AA`` (at most ``m / 2``).
+    ``K`` is used only when ``‖K G − I‖`` shows it accurate (not on a nearly singular ``G``), and
+    a step of iterative refinement with the exact ``G`` follows where the estimated error of the
+    solve through ``K`` could show.
 
-    Submatrices are read from ``diag(G, I, I)`` so that padding costs no extra pass: a padding
-    slot ``p`` reads index ``m + p`` (a one on the diagonal) or ``2m + p`` (zeros).
+    Submatrices are read from ``diag(M, I)`` so that padding costs no extra pass: a padding slot
+    ``p`` reads index ``m + p`` (a one on the diagonal).
     """
 
     def __init__(self, gramian: Tensor, lower_bounds: Tensor) -> None:
         m = gramian.shape[0]
         self.m = m
         self.gramian = gramian
-        self.extended = torch.eye(3 * m, device=gramian.device, dtype=gramian.dtype)
-        self.extended[:m, :m] = gramian
-        self.slots = torch.arange(m, device=gramian.device)
         self.lower_bounds = lower_bounds
-        k = lower_bounds.shape[0]
-        self.position = torch.full((k,), -1, dtype=torch.int64, device=gramian.device)
-        self.base_free = self.base_order = self.base_rows = self.base_valid = torch.empty(0)
-        self.base_lu = self.base_pivots = torch.empty(0)
-        self.base_size = 0
+        self.slots = torch.arange(m, device=gramian.device)
+        self.extended = torch.eye(2 * m, device=gramian.device, dtype=gramian.dtype)
+        self.extended[:m, :m] = gramian
+        factor, info = torch.linalg.cholesky_ex(gramian)
+        self.has_inverse = bool(info == 0)
+        self.refine = True
+        inverse = self.extended[m:, m:]  # a placeholder where G is not positive definite
+        if self.has_inverse:
+            inverse = torch.cholesky_inverse(factor)
+            inverse = (inverse + inverse.mT) / 2.0
+            error = (inverse @ gramian - self.extended[m:, m:]).abs().amax()
+            self.has_inverse = bool(error <= _INVERSE_ACCURACY)
+            # Relative error of a solve through K: about cond(G) · (error + ε), where
+            # cond(G) ≤ m · max|G| · max|K|; refine only when that may be visible.
+            condition = m * gramian.abs().amax() * inverse.abs().amax()
+            epsilon = torch.finfo(gramian.dtype).eps
+            self.refine = bool(condition * (error + epsilon) > _REFINEMENT_THRESHOLD)
+        self.inverse = inverse
+        self.extended_inverse = torch.eye(2 * m, device=gramian.device, dtype=gramian.dtype)
+        self.extended_inverse[:m, :m] = inverse
+        self.buffers: dict[str, Tensor] = {}
+
+    def _buffer(self, name: str, numel: int, dtype: torch.dtype) -> Tensor:
+        """A flat workspace of ``numel`` entries, reused by every chunk and pivoting step: fresh
+        ``[chunk, size, size]`` tensors at every call would map new pages each time."""
+        buffer = self.buffers.get(name)
+        if buffer is None or buffer.numel() < numel:
+            buffer = torch.empty(numel, device=self.gramian.device, dtype=dtype)
+            self.buffers[name] = buffer
+        return buffer[:numel]
+
+    def _factorize(self, matrix: Tensor, rows: Tensor) -> tuple[Tensor, Tensor]:
+        """Cholesky factors of ``matrix[rows_b][:, rows_b]`` for every row ``rows_b`` of
+        ``rows``, and whether each factorisation succeeded."""
+        count, size = rows.shape
+        numel = count * size * size
+        flat_indices = self._buffer("indices", numel, torch.int64).view(count, size, size)
+        torch.add(rows.unsqueeze(2) * matrix.shape[1], rows.unsqueeze(1), out=flat_indices)
+        system = self._buffer("system", numel, matrix.dtype)
+        torch.index_select(matrix.reshape(-1), 0, flat_indices.reshape(-1), out=system)
+        # Batched column-major storage, the layout LAPACK writes in place.
+        factor = self._buffer("factor", numel, matrix.dtype).view(count, size, size).mT
+        info = torch.empty(count, device=rows.device, dtype=torch.int32)
+        torch.linalg.cholesky_ex(system.view(count, size, size), out=(factor, info))
+        return factor, info == 0
+
+    def warm_start(self) -> Tensor:
+        """The solutions with only the positive bounds active, a guess of the true ones.
+
+        With a single positive bound ``u_i`` per problem (UPGrad), this is ``u_i K_{:i} / K_ii``.
+        """
+        u = self.lower_bounds
+        positive = u > 0.0
+        if bool((positive.sum(dim=1) <= 1).all()):
+            index = u.argmax(dim=1, keepdim=True)
+            value = u.gather(1, index).clamp(min=0.0)
+            return value / self.inverse.diagonal()[index] * self.inverse[index.squeeze(1)]
+        return self.solve(torch.arange(u.shape[0], device=u.device), ~positive)
 
     def solve(self, rows: Tensor, free: Tensor) -> Tensor:
         """Returns the solutions ``[len(rows), m]`` for the free sets ``free`` of ``rows``."""
-        fixed = torch.where(free, 0.0, self.lower_bounds[rows])
-        residual = -(fixed @ self.gramian)  # right-hand side of G_FF v_F = -G_FA u_A
-        position = self.position[rows]
-        if bool((position < 0).any()):
-            return self._factorize(rows, free, fixed, residual)
-        base_free = self.base_free[position]
-        added = free & ~base_free
-        removed = base_free & ~free
-        changed = added | removed
-        changed_size = int(changed.sum(dim=1).max())
-        if changed_size > max(8, self.base_size // 3):
-            return self._factorize(rows, free, fixed, residual)
-        return self._update(position, free, fixed, residual, added, removed, changed)
+        lower_bounds = self.lower_bounds[rows]
+        solution = torch.empty_like(lower_bounds)
+        free_count = free.sum(dim=1)
+        through_active = (2 * free_count > self.m) & self.has_inverse
+        for group, sizes, solve in (
+            (through_active, self.m - free_count, self._solve_active),
+            (~through_active, free_count, self._solve_free),
+        ):
+            indices = group.nonzero().squeeze(1)
+            if indices.numel() == 0:
+                continue
+            # Problems of similar sizes together: less padding in each chunk.
+            group_sizes, by_size = sizes[indices].sort()
+            indices = indices[by_size]
+            size = max(1, int(group_sizes[-1]))
+            # Chunks of at most _CHUNK_ENTRIES entries keep the [chunk, size, size] systems in
+            # cache and let them reuse one workspace.
+            for chunk in torch.split(indices, max(1, _CHUNK_ENTRIES // (size * size))):
+                solution[chunk] = solve(lower_bounds[chunk], free[chunk])
+        return solution
 
-    def _factorize(self, rows: Tensor, free: Tensor, fixed: Tensor, residual: Tensor) -> Tensor:
+    def _solve_free(self, lower_bounds: Tensor, free: Tensor) -> Tensor:
+        fixed = torch.where(free, 0.0, lower_bounds)
+        residual = -(fixed @ self.gramian)  # right-hand side of G_FF v_F = -G_FA u_A
         order, valid = _leading_indices(free)
-        size = order.shape[1]
-        base_rows = torch.where(valid, order, self.m + self.slots[:size])
-        system = self.extended[base_rows.unsqueeze(2), base_rows.unsqueeze(1)]
-        lu, pivots, _ = torch.linalg.lu_factor_ex(system)
+        rows = torch.where(valid, order, self.m + self.slots[: order.shape[1]])
+        factor, success = self._factorize(self.extended, rows)
         rhs = torch.where(valid, residual.gather(1, order), 0.0)
-        values = torch.linalg.lu_solve(lu, pivots, rhs.unsqueeze(2)).squeeze(2)
-        self.position.fill_(-1)
-        self.position[rows] = torch.arange(rows.shape[0], device=rows.device)
-        self.base_free, self.base_order, self.base_rows, self.base_valid = (
-            free,
-            order,
-            base_rows,
-            valid,
-        )
-        self.base_lu, self.base_pivots, self.base_size = lu, pivots, size
+        values = torch.cholesky_solve(rhs.unsqueeze(2), factor).squeeze(2)
+        # A singular free-set system (G itself singular): NaN makes the caller jitter G.
+        values = torch.where(success.unsqueeze(1), values, torch.nan)
         return _assemble(fixed, order, valid, values)
 
-    def _update(
-        self,
-        position: Tensor,
-        free: Tensor,
-        fixed: Tensor,
-        residual: Tensor,
-        added: Tensor,
-        removed: Tensor,
-        changed: Tensor,
-    ) -> Tensor:
-        order, base_rows = self.base_order[position], self.base_rows[position]
-        valid = self.base_valid[position]
-        lu, pivots = self.base_lu[position], self.base_pivots[position]
-        # Changed indices first: added ones become unknowns, removed ones get the constraint
-        # v_j = u_j through a Lagrange multiplier (a bordered system around the old factors).
-        indices, changed_valid = _leading_indices(changed)
-        slots = self.slots[: indices.shape[1]]
-        is_added = added.gather(1, indices) & changed_valid
-        is_removed = removed.gather(1, indices) & changed_valid
-        # Border columns of removed and padding slots read zeros; the corner has a zero diagonal
-        # for removed slots (multipliers) and a one for padding slots.
-        border_columns = torch.where(is_added, indices, 2 * self.m + slots)
-        border = self.extended[base_rows.unsqueeze(2), border_columns.unsqueeze(1)]
-        multiplier = (order.unsqueeze(2) == indices.unsqueeze(1)) & is_removed.unsqueeze(1)
-        border = torch.where(multiplier, 1.0, border)
-        corner_rows = torch.where(is_added, indices, self.m + slots)
-        corner_columns = torch.where(is_removed, 2 * self.m + slots, corner_rows)
-        corner = self.extended[corner_rows.unsqueeze(2), corner_columns.unsqueeze(1)]
-        base_rhs = torch.where(valid, residual.gather(1, order), 0.0)
-        solved = torch.linalg.lu_solve(lu, pivots, torch.cat([base_rhs.unsqueeze(2), border], 2))
-        base_values, border_solved = solved[:, :, 0], solved[:, :, 1:]
-        border_t = border.mT
-        schur = corner - border_t @ border_solved
-        changed_rhs = torch.where(is_added, residual.gather(1, indices), 0.0)
-        changed_rhs = changed_rhs - (border_t @ base_values.unsqueeze(2)).squeeze(2)
-        changed_values, _ = torch.linalg.solve_ex(schur, changed_rhs)
-        base_values = base_values - (border_solved @ changed_values.unsqueeze(2)).squeeze(2)
-        solution = _assemble(fixed, order, valid & free.gather(1, order), base_values)
-        return _assemble(solution, indices, is_added, changed_values)
+    def _solve_active(self, lower_bounds: Tensor, free: Tensor) -> Tensor:
+        active = ~free
+        order, valid = _leading_indices(active)
+        rows = torch.where(valid, order, self.m + self.slots[: order.shape[1]])
+        factor, success = self._factorize(self.extended_inverse, rows)
+        zeros = torch.zeros_like(lower_bounds)
+
+        def inverse_times_restricted_solve(values_on_active: Tensor) -> Tensor:
+            """``K_{:A} K_AA⁻¹ x_A`` for every problem."""
+            rhs = torch.where(valid, values_on_active.gather(1, order), 0.0)
+            multipliers = torch.cholesky_solve(rhs.unsqueeze(2), factor).squeeze(2)
+            return _assemble(zeros, order, valid, multipliers) @ self.inverse
+
+        solution = torch.where(free, inverse_times_restricted_solve(lower_bounds), lower_bounds)
+        if not self.refine:
+            return torch.where(success.unsqueeze(1), solution, torch.nan)
+        # Refinement: v_F -= G_FF⁻¹ r_F with r_F = (G v)_F and G_FF⁻¹ = K_FF - K_FA K_AA⁻¹ K_AF.
+        residual = torch.where(free, solution @ self.gramian, 0.0)
+        spread = residual @ self.inverse
+        correction = spread - inverse_times_restricted_solve(spread)
+        solution = torch.where(free, solution - correction, lower_bounds)
+        return torch.where(success.unsqueeze(1), solution, torch.nan)
 
 
 def _leading_indices(mask: Tensor) -> tuple[Tensor, Tensor]:
