@@ -2,23 +2,13 @@
 
 from __future__ import annotations
 
-from typing import cast
-
-import torch
 from torch import Tensor
 
-from ._bases import GramianWeightedAggregator, Weighting
-from ._checks import (
-    check_non_negative,
-    check_pref_vector,
-    normalize,
-    pref_repr,
-    resolve_pref_vector,
-)
-from ._dual_cone import check_solver, solve_dual_cone
+from ._dual_cone import solve_dual_cone
+from ._dual_cone_weighting import DualConeAggregator, DualConeWeighting
 
 
-class DualProjWeighting(Weighting):
+class DualProjWeighting(DualConeWeighting):
     r"""Weights of DualProj: :math:`w = \arg\min_{v \geq p} v^\top \hat G v`.
 
     With :math:`\hat G = N(G) + \varepsilon_{reg} I`, where :math:`N(G) = G / \operatorname{tr}(G)`
@@ -48,48 +38,14 @@ class DualProjWeighting(Weighting):
         tensor([0.6109, 0.5000])
     """
 
-    differentiable = False
-    pref_vector: Tensor | None
-
-    def __init__(
-        self,
-        pref_vector: Tensor | None = None,
-        norm_eps: float = 1e-4,
-        reg_eps: float = 1e-4,
-        solver: str = "auto",
-    ) -> None:
-        super().__init__()
-        check_pref_vector(pref_vector)
-        check_non_negative("norm_eps", norm_eps)
-        check_non_negative("reg_eps", reg_eps)
-        check_solver(solver)
-        # Not persistent: it is a constructor argument, not learned state.
-        self.register_buffer("pref_vector", pref_vector, persistent=False)
-        self.norm_eps = norm_eps
-        self.reg_eps = reg_eps
-        self.solver = solver
-
     def forward(self, gramian: Tensor, /) -> Tensor:
-        m = gramian.shape[0]
-        pref_vector = resolve_pref_vector(self.pref_vector, gramian, 1.0 / max(m, 1))
-        identity = torch.eye(m, device=gramian.device, dtype=gramian.dtype)
-        regularized = normalize(gramian, self.norm_eps) + self.reg_eps * identity
+        pref_vector = self.resolve_pref_vector(gramian)
+        regularized = self.regularize(gramian)
         projection = solve_dual_cone(regularized, pref_vector.unsqueeze(0), self.solver)
         return projection.squeeze(0)
 
-    def __repr__(self) -> str:
-        return (
-            f"{type(self).__name__}(pref_vector={pref_repr(self.pref_vector)}, "
-            f"norm_eps={self.norm_eps!r}, reg_eps={self.reg_eps!r}, solver={self.solver!r})"
-        )
 
-    def __str__(self) -> str:
-        if self.pref_vector is None:
-            return type(self).__name__
-        return f"{type(self).__name__}({pref_repr(self.pref_vector)})"
-
-
-class DualProj(GramianWeightedAggregator):
+class DualProj(DualConeAggregator):
     r"""Dual projection: :math:`A(J) = J^\top w` with ``w`` from :class:`DualProjWeighting`.
 
     The preference-weighted combination of the rows (the mean by default) is projected onto the
@@ -117,8 +73,6 @@ class DualProj(GramianWeightedAggregator):
         tensor([0.5563, 1.1109, 1.1109])
     """
 
-    differentiable = False
-
     def __init__(
         self,
         pref_vector: Tensor | None = None,
@@ -127,11 +81,3 @@ class DualProj(GramianWeightedAggregator):
         solver: str = "auto",
     ) -> None:
         super().__init__(DualProjWeighting(pref_vector, norm_eps, reg_eps, solver))
-
-    def __repr__(self) -> str:
-        weighting = cast(DualProjWeighting, self.gramian_weighting)
-        return repr(weighting).replace(type(weighting).__name__, type(self).__name__, 1)
-
-    def __str__(self) -> str:
-        weighting = cast(DualProjWeighting, self.gramian_weighting)
-        return str(weighting).replace(type(weighting).__name__, type(self).__name__, 1)

@@ -2,23 +2,14 @@
 
 from __future__ import annotations
 
-from typing import cast
-
 import torch
 from torch import Tensor
 
-from ._bases import GramianWeightedAggregator, Weighting
-from ._checks import (
-    check_non_negative,
-    check_pref_vector,
-    normalize,
-    pref_repr,
-    resolve_pref_vector,
-)
-from ._dual_cone import check_solver, solve_dual_cone
+from ._dual_cone import solve_dual_cone
+from ._dual_cone_weighting import DualConeAggregator, DualConeWeighting
 
 
-class UPGradWeighting(Weighting):
+class UPGradWeighting(DualConeWeighting):
     r"""Weights of UPGrad: :math:`w = \sum_i v_i` with
     :math:`v_i = \arg\min_{v \geq p_i e_i} v^\top \hat G v`.
 
@@ -49,48 +40,14 @@ class UPGradWeighting(Weighting):
         tensor([1.1109, 0.7894])
     """
 
-    differentiable = False
-    pref_vector: Tensor | None
-
-    def __init__(
-        self,
-        pref_vector: Tensor | None = None,
-        norm_eps: float = 1e-4,
-        reg_eps: float = 1e-4,
-        solver: str = "auto",
-    ) -> None:
-        super().__init__()
-        check_pref_vector(pref_vector)
-        check_non_negative("norm_eps", norm_eps)
-        check_non_negative("reg_eps", reg_eps)
-        check_solver(solver)
-        # Not persistent: it is a constructor argument, not learned state.
-        self.register_buffer("pref_vector", pref_vector, persistent=False)
-        self.norm_eps = norm_eps
-        self.reg_eps = reg_eps
-        self.solver = solver
-
     def forward(self, gramian: Tensor, /) -> Tensor:
-        m = gramian.shape[0]
-        pref_vector = resolve_pref_vector(self.pref_vector, gramian, 1.0 / max(m, 1))
-        identity = torch.eye(m, device=gramian.device, dtype=gramian.dtype)
-        regularized = normalize(gramian, self.norm_eps) + self.reg_eps * identity
+        pref_vector = self.resolve_pref_vector(gramian)
+        regularized = self.regularize(gramian)
         projections = solve_dual_cone(regularized, torch.diag(pref_vector), self.solver)
         return projections.sum(dim=0)
 
-    def __repr__(self) -> str:
-        return (
-            f"{type(self).__name__}(pref_vector={pref_repr(self.pref_vector)}, "
-            f"norm_eps={self.norm_eps!r}, reg_eps={self.reg_eps!r}, solver={self.solver!r})"
-        )
 
-    def __str__(self) -> str:
-        if self.pref_vector is None:
-            return type(self).__name__
-        return f"{type(self).__name__}({pref_repr(self.pref_vector)})"
-
-
-class UPGrad(GramianWeightedAggregator):
+class UPGrad(DualConeAggregator):
     r"""Unconflicting Projection of Gradients: :math:`A(J) = J^\top w` with ``w`` from
     :class:`UPGradWeighting`.
 
@@ -119,8 +76,6 @@ class UPGrad(GramianWeightedAggregator):
         tensor([0.2929, 1.9004, 1.9004])
     """
 
-    differentiable = False
-
     def __init__(
         self,
         pref_vector: Tensor | None = None,
@@ -129,11 +84,3 @@ class UPGrad(GramianWeightedAggregator):
         solver: str = "auto",
     ) -> None:
         super().__init__(UPGradWeighting(pref_vector, norm_eps, reg_eps, solver))
-
-    def __repr__(self) -> str:
-        weighting = cast(UPGradWeighting, self.gramian_weighting)
-        return repr(weighting).replace(type(weighting).__name__, type(self).__name__, 1)
-
-    def __str__(self) -> str:
-        weighting = cast(UPGradWeighting, self.gramian_weighting)
-        return str(weighting).replace(type(weighting).__name__, type(self).__name__, 1)
