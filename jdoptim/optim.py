@@ -5,7 +5,7 @@ from __future__ import annotations
 import copy
 import math
 from collections import OrderedDict, defaultdict
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager, nullcontext
 from typing import Any, NamedTuple, Protocol, cast
 
@@ -19,6 +19,7 @@ from .aggregation._bases import GramianWeightedAggregator
 from .aggregation._weights import aggregate_with_weights
 from .autojac._engine import (
     as_one_matrix,
+    as_tensors,
     check_multipliers,
     check_parallel_chunk_size,
     compute_jacobians,
@@ -774,7 +775,7 @@ class JacobianOptimizer(Optimizer):
         grad_tensors: Tensor | Sequence[Tensor] | None,
         retain_graph: bool,
     ) -> None:
-        feature_list = _as_tensors(features, "features")
+        feature_list = as_tensors(features, "features")
         if not feature_list:
             raise ValueError("`features` must contain at least one tensor, but got none.")
         for i, feature in enumerate(feature_list):
@@ -1140,24 +1141,8 @@ def _check_disjoint(groups: list[dict[str, Any]], name: str) -> None:
             seen.add(id(param))
 
 
-def _as_tensors(value: Any, name: str) -> list[Tensor]:
-    if isinstance(value, Tensor):
-        return [value]
-    if isinstance(value, (str, bytes)) or not isinstance(value, Iterable):
-        raise TypeError(
-            f"`{name}` must be a tensor or a sequence of tensors, but got {type(value).__name__}."
-        )
-    tensors = list(value)
-    for i, tensor in enumerate(tensors):
-        if not isinstance(tensor, Tensor):
-            raise TypeError(
-                f"`{name}` must contain only tensors, but element {i} is a {type(tensor).__name__}."
-            )
-    return tensors
-
-
 def _as_losses(losses: Any) -> list[Tensor]:
-    loss_list = _as_tensors(losses, "losses")
+    loss_list = as_tensors(losses, "losses")
     if not loss_list:
         raise ValueError("`losses` must contain at least one loss, but got an empty sequence.")
     if sum(loss.numel() for loss in loss_list) == 0:
