@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import statistics
 import subprocess
 import sys
@@ -33,6 +32,7 @@ import time
 from collections.abc import Callable
 
 import torch
+from _memory import peak_growth_bytes
 from torch import Tensor, nn
 
 CONFIGURATIONS = ("summed", "autogram", "autogram_mean", "autojac")
@@ -136,29 +136,6 @@ def measure_times(
     return {c: statistics.median(s) for c, s in samples.items()}
 
 
-def _rss_bytes() -> int:
-    with open("/proc/self/statm") as statm:
-        return int(statm.read().split()[1]) * resource.getpagesize()
-
-
-def _peak_rss_bytes() -> int:
-    """The high-water mark of this process's resident set (``VmHWM``, reset by exec)."""
-    with open("/proc/self/status") as status:
-        for line in status:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) * 1024
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-
-
-def _reset_peak_rss() -> None:
-    """Resets ``VmHWM`` to the current resident size, where Linux allows it."""
-    try:
-        with open("/proc/self/clear_refs", "w") as clear_refs:
-            clear_refs.write("5")
-    except OSError:
-        pass
-
-
 def peak_memory_of_one_step(configuration: str, batch_size: int = 64) -> int:
     """Growth in bytes of the peak resident set size during one step (run in this process)."""
     torch.manual_seed(0)
@@ -166,10 +143,7 @@ def peak_memory_of_one_step(configuration: str, batch_size: int = 64) -> int:
     step = make_step(configuration, model)
     step(*_batch(2))  # Lazy initialisation, with a negligible peak.
     x, y = _batch(batch_size)
-    _reset_peak_rss()
-    before = _rss_bytes()
-    step(x, y)
-    return max(_peak_rss_bytes() - before, 0)
+    return peak_growth_bytes(lambda: step(x, y))
 
 
 def measure_peak_memory(

@@ -35,27 +35,10 @@ from typing import Any
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+from autojac_memory import BATCH, INPUT, make_mlp
 from torch import nn
 
-BATCH = 64
-WIDTH = 512
-INPUT = 384
 WORLD_SIZE = 2
-
-
-def make_mlp(losses: int) -> nn.Module:
-    """The 4×512 MLP trunk with one output per loss."""
-    return nn.Sequential(
-        nn.Linear(INPUT, WIDTH),
-        nn.ReLU(),
-        nn.Linear(WIDTH, WIDTH),
-        nn.ReLU(),
-        nn.Linear(WIDTH, WIDTH),
-        nn.ReLU(),
-        nn.Linear(WIDTH, WIDTH),
-        nn.ReLU(),
-        nn.Linear(WIDTH, losses),
-    )
 
 
 def _free_port() -> int:

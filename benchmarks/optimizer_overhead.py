@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import json
 import random
-import resource
 import statistics
 import subprocess
 import sys
@@ -33,6 +32,7 @@ import time
 from collections.abc import Callable
 
 import torch
+from _memory import peak_growth_bytes
 from torch import Tensor, nn
 
 CONFIGURATIONS = ("summed", "hand-written", "JacobianOptimizer")
@@ -122,36 +122,12 @@ def measure_times(m: int, batch_size: int = 64, repeats: int = 30) -> dict[str, 
     }
 
 
-def _rss_bytes() -> int:
-    with open("/proc/self/statm") as statm:
-        return int(statm.read().split()[1]) * resource.getpagesize()
-
-
-def _peak_rss_bytes() -> int:
-    with open("/proc/self/status") as status:
-        for line in status:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) * 1024
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-
-
-def _reset_peak_rss() -> None:
-    try:
-        with open("/proc/self/clear_refs", "w") as clear_refs:
-            clear_refs.write("5")
-    except OSError:
-        pass
-
-
 def peak_memory_of_one_step(configuration: str, m: int, batch_size: int = 64) -> int:
     """Growth in bytes of the peak resident set size during one step (run in this process)."""
     step = make_step(configuration, make_mlp(m))
     x, y = _batch(m, batch_size)
     step(x, y)  # Lazy initialisation (Adam's state) is not counted.
-    _reset_peak_rss()
-    before = _rss_bytes()
-    step(x, y)
-    return max(_peak_rss_bytes() - before, 0)
+    return peak_growth_bytes(lambda: step(x, y))
 
 
 def measure_peak_memory(m: int, batch_size: int = 64) -> dict[str, int]:

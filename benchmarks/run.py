@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import statistics
 import subprocess
 import sys
@@ -362,41 +361,14 @@ def time_workload(workload: Workload) -> dict[str, Measurement]:
     return results
 
 
-def _rss_bytes() -> int:
-    with open("/proc/self/statm") as statm:
-        return int(statm.read().split()[1]) * resource.getpagesize()
-
-
-def _peak_rss_bytes() -> int:
-    try:
-        with open("/proc/self/status") as status:
-            for line in status:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-
-
-def _reset_peak_rss() -> bool:
-    try:
-        with open("/proc/self/clear_refs", "w") as clear_refs:
-            clear_refs.write("5")
-    except OSError:
-        return False
-    return True
-
-
 def peak_memory_child(group: str, workload_name: str, configuration: str, quick: bool) -> int:
     """In a fresh process: growth of the peak RSS during one step, after a warm-up step."""
+    from _memory import peak_growth_bytes
+
     workload = next(w for w in WORKLOAD_GROUPS[group](quick) if w.name == workload_name)
     step = workload.configurations[configuration]()
     step()
-    if not _reset_peak_rss():
-        raise OSError("cannot reset the peak resident set size (/proc/self/clear_refs)")
-    before = _rss_bytes()
-    step()
-    return max(_peak_rss_bytes() - before, 0)
+    return peak_growth_bytes(step)
 
 
 def measure_peak_memory(group: str, workload: Workload, quick: bool) -> dict[str, float]:
