@@ -119,6 +119,7 @@ def _ddp_summed(rank: int, losses: int, warmup: int, steps: int) -> dict[str, An
 
 def _worker(rank: int, port: int, out: str, losses: int, warmup: int, steps: int) -> None:
     os.environ["OMP_NUM_THREADS"] = "1"
+    os.environ["GLOO_SOCKET_IFNAME"] = "lo"  # gloo on the loopback interface only
     torch.set_num_threads(1)
     dist.init_process_group(
         "gloo",
@@ -133,6 +134,7 @@ def _worker(rank: int, port: int, out: str, losses: int, warmup: int, steps: int
             "ddp_summed": _ddp_summed(rank, losses, warmup, steps),
         }
         Path(out, f"rank{rank}.json").write_text(json.dumps(result))
+        dist.barrier()  # no rank closes its connections while the other still reads from them
     finally:
         dist.destroy_process_group()
 

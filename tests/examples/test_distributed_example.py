@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from _distributed import free_port
+from _distributed import LOOPBACK_ENV, free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 STEPS = 8
@@ -27,6 +27,7 @@ def test_two_processes_match_one_process(capsys: pytest.CaptureFixture[str]) -> 
         "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
     }
     env["OMP_NUM_THREADS"] = "1"
+    env.update(LOOPBACK_ENV)  # gloo on the loopback interface only
     for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
         env.pop(name, None)
     command = [
