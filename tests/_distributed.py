@@ -52,6 +52,7 @@ def _worker(rank: int, fn: Callable[..., Any], out_dir: str, args: tuple[Any, ..
         # No rank closes its connections while the other may still read from them: gloo aborts
         # the process whose peer vanished mid-read.
         dist.barrier()
+        (folder / f"rank{rank}.done").touch()
     except BaseException:
         (folder / f"rank{rank}.err").write_text(traceback.format_exc())
         raise
@@ -69,6 +70,18 @@ def _run_once(fn: Callable[..., Any], out_dir: Path, args: tuple[Any, ...]) -> l
         while not context.join(timeout=1):
             if datetime.datetime.now() > deadline:
                 raise TimeoutError("the distributed test did not finish in time")
+    except mp.ProcessExitedException as error:
+        # Both ranks saved their results and met at the final barrier: the signal came while the
+        # process group was being torn down, after the last collective, so the results stand.
+        finished = all((out_dir / f"rank{rank}.done").exists() for rank in range(WORLD_SIZE))
+        if error.signal_name is None or not finished:
+            raise
+        warnings.warn(
+            f"a rank died by {error.signal_name} while shutting its process group down\n"
+            + _report(out_dir),
+            RuntimeWarning,
+            stacklevel=3,
+        )
     finally:
         for process in context.processes:
             if process.is_alive():
@@ -87,8 +100,9 @@ def run_on_two_ranks(fn: Callable[..., Any], out_dir: Path, *args: Any) -> list[
     """Runs ``fn(rank, *args)`` in two processes and returns what each rank returned.
 
     A Python error or a timeout on a rank fails at once. A rank killed by a signal without a
-    Python error (gloo's transport aborting the process) is reported as a warning and the run is
-    made once more in a new folder; a second failure fails.
+    Python error (gloo's transport aborting the process) is reported as a warning; if that
+    happened after both ranks met at the final barrier the results are used, otherwise the run
+    is made once more in a new folder, and a second failure fails.
     """
     first = out_dir / "attempt1"
     try:
