@@ -21,6 +21,7 @@ through the smaller of ``G_FF`` and the active block of ``G⁻¹`` (computed onc
 
 from __future__ import annotations
 
+import threading
 import warnings
 
 import torch
@@ -44,15 +45,44 @@ _INVERSE_ACCURACY = 1e-8
 #: Estimated relative error of a solve through the inverse above which a refinement step follows.
 _REFINEMENT_THRESHOLD = 1e-10
 
-#: Power iterations estimating the largest eigenvalue of G; at most this many accelerated
+#: Squarings of G (G², G⁴, …, G^(2^k)) estimating its largest eigenvalue, as 2^k power iterations
+#: would, in k matrix products; then at most _PROJECTED_GRADIENT_STEPS accelerated
 #: projected-gradient steps guess the free sets before the pivoting, stopping when the guess has
 #: not changed over the last _PATTERN_CHECK_EVERY steps.
-_POWER_STEPS = 20
+_SQUARINGS = 5
 _PROJECTED_GRADIENT_STEPS = 32
 _PATTERN_CHECK_EVERY = 4
 
 #: Entries of the systems factorised together in one batched call (32 systems of 64 × 64).
 _CHUNK_ENTRIES = 32 * 64 * 64
+
+# Workspaces of the CPU solver, per thread, kept from one call to the next: fresh ones at every
+# call are big enough for the allocator to map new pages each time, and those page faults cost
+# more than the factorisations at m = 64. Only those up to _MAX_CACHED_BYTES are kept (the
+# chunked systems take at most 1 MiB each; the stacked matrices reach it at m = 128).
+_WORKSPACES = threading.local()
+_MAX_CACHED_BYTES = 1 << 20
+
+
+def _workspace(name: str, numel: int, dtype: torch.dtype, device: torch.device) -> Tensor:
+    """A flat tensor of ``numel`` entries for ``name``, reused by every call on this thread
+    (a fresh one when it would exceed ``_MAX_CACHED_BYTES``)."""
+    if numel * dtype.itemsize > _MAX_CACHED_BYTES:
+        return torch.empty(numel, device=device, dtype=dtype)
+    buffers: dict[tuple[str, torch.dtype, torch.device], Tensor] | None = getattr(
+        _WORKSPACES, "buffers", None
+    )
+    if buffers is None:
+        buffers = {}
+        _WORKSPACES.buffers = buffers
+    key = (name, dtype, device)
+    buffer = buffers.get(key)
+    if buffer is None or buffer.numel() < numel:
+        # A normal tensor even under inference_mode, so that later calls outside it may write.
+        with torch.inference_mode(False):
+            buffer = torch.empty(numel, device=device, dtype=dtype)
+        buffers[key] = buffer
+    return buffer[:numel]
 
 
 class DualConeResult:
@@ -210,11 +240,14 @@ def _projected_gradient(g: Tensor, u: Tensor, v: Tensor) -> Tensor:
     # Single precision is enough for a guess, and twice as fast.
     exact_bounds = u
     g, u, v = g.float(), u.float(), v.float()
-    # Step 1 / L with L a little above the largest eigenvalue of G (a few power iterations).
-    vector = torch.linspace(1.0, 2.0, m, device=g.device, dtype=g.dtype)
-    for _ in range(_POWER_STEPS):
-        vector = g @ vector
-        vector = vector / vector.norm().clamp(min=1e-30)
+    # Step 1 / L with L a little above the largest eigenvalue of G: the Rayleigh quotient of
+    # G^32 x, 32 power iterations in 5 products (each power rescaled to keep float32 in range).
+    power = g
+    for _ in range(_SQUARINGS):
+        power = power @ power
+        power = power / power.abs().amax().clamp(min=1e-30)
+    vector = power @ torch.linspace(1.0, 2.0, m, device=g.device, dtype=g.dtype)
+    vector = vector / vector.norm().clamp(min=1e-30)
     step = 1.0 / max(1.1 * float(vector @ g @ vector), 1e-30)
     v = torch.maximum(v, u)
     momentum_point = v
@@ -328,8 +361,9 @@ class _CompactSolver:
     a step of iterative refinement with the exact ``G`` follows where the estimated error of the
     solve through ``K`` could show.
 
-    Submatrices are read from ``diag(M, I)`` so that padding costs no extra pass: a padding slot
-    ``p`` reads index ``m + p`` (a one on the diagonal).
+    Blocks are read from ``diag(G, I)`` or ``diag(K, I)`` so that padding costs no extra pass: a
+    padding slot ``p`` reads index ``m + p`` (a one on the diagonal). Those matrices live in this
+    thread's workspace: an instance is used only until the next one is made on the same thread.
     """
 
     def __init__(self, gramian: Tensor, lower_bounds: Tensor) -> None:
@@ -338,16 +372,21 @@ class _CompactSolver:
         self.gramian = gramian
         self.lower_bounds = lower_bounds
         self.slots = torch.arange(m, device=gramian.device)
-        self.extended = torch.eye(2 * m, device=gramian.device, dtype=gramian.dtype)
-        self.extended[:m, :m] = gramian
+        # diag(G, I) and diag(K, I), one after the other in one flat tensor: every block of every
+        # problem is read from there.
+        stacked = _workspace("stacked", 8 * m * m, gramian.dtype, gramian.device)
+        stacked = stacked.view(2, 2 * m, 2 * m).zero_()
+        stacked.diagonal(dim1=1, dim2=2).fill_(1.0)
+        stacked[0, :m, :m] = gramian
+        identity = stacked[1, :m, :m].clone()
         factor, info = torch.linalg.cholesky_ex(gramian)
         self.has_inverse = bool(info == 0)
         self.refine = True
-        inverse = self.extended[m:, m:]  # a placeholder where G is not positive definite
+        inverse = identity  # a placeholder where G is not positive definite
         if self.has_inverse:
             inverse = torch.cholesky_inverse(factor)
             inverse = (inverse + inverse.mT) / 2.0
-            error = (inverse @ gramian - self.extended[m:, m:]).abs().amax()
+            error = (inverse @ gramian - identity).abs().amax()
             self.has_inverse = bool(error <= _INVERSE_ACCURACY)
             # Relative error of a solve through K: about cond(G) · (error + ε), where
             # cond(G) ≤ m · max|G| · max|K|; refine only when that may be visible.
@@ -355,30 +394,24 @@ class _CompactSolver:
             epsilon = torch.finfo(gramian.dtype).eps
             self.refine = bool(condition * (error + epsilon) > _REFINEMENT_THRESHOLD)
         self.inverse = inverse
-        self.extended_inverse = torch.eye(2 * m, device=gramian.device, dtype=gramian.dtype)
-        self.extended_inverse[:m, :m] = inverse
-        self.buffers: dict[str, Tensor] = {}
+        stacked[1, :m, :m] = inverse
+        self.stacked = stacked.reshape(-1)
 
-    def _buffer(self, name: str, numel: int, dtype: torch.dtype) -> Tensor:
-        """A flat workspace of ``numel`` entries, reused by every chunk and pivoting step: fresh
-        ``[chunk, size, size]`` tensors at every call would map new pages each time."""
-        buffer = self.buffers.get(name)
-        if buffer is None or buffer.numel() < numel:
-            buffer = torch.empty(numel, device=self.gramian.device, dtype=dtype)
-            self.buffers[name] = buffer
-        return buffer[:numel]
-
-    def _factorize(self, matrix: Tensor, rows: Tensor) -> tuple[Tensor, Tensor]:
-        """Cholesky factors of ``matrix[rows_b][:, rows_b]`` for every row ``rows_b`` of
-        ``rows``, and whether each factorisation succeeded."""
+    def _factorize(self, offsets: Tensor, rows: Tensor) -> tuple[Tensor, Tensor]:
+        """Cholesky factors of the blocks ``M_b[rows_b][:, rows_b]`` for every row ``rows_b`` of
+        ``rows``, where ``M_b`` is ``diag(G, I)`` or ``diag(K, I)`` as ``offsets`` (``0`` or
+        ``(2m)²``) say, and whether each factorisation succeeded."""
         count, size = rows.shape
         numel = count * size * size
-        flat_indices = self._buffer("indices", numel, torch.int64).view(count, size, size)
-        torch.add(rows.unsqueeze(2) * matrix.shape[1], rows.unsqueeze(1), out=flat_indices)
-        system = self._buffer("system", numel, matrix.dtype)
-        torch.index_select(matrix.reshape(-1), 0, flat_indices.reshape(-1), out=system)
+        flat_indices = _workspace("indices", numel, torch.int64, rows.device)
+        flat_indices = flat_indices.view(count, size, size)
+        torch.add(rows.unsqueeze(2) * (2 * self.m), rows.unsqueeze(1), out=flat_indices)
+        flat_indices += offsets
+        system = _workspace("system", numel, self.stacked.dtype, rows.device)
+        torch.index_select(self.stacked, 0, flat_indices.reshape(-1), out=system)
         # Batched column-major storage, the layout LAPACK writes in place.
-        factor = self._buffer("factor", numel, matrix.dtype).view(count, size, size).mT
+        factor = _workspace("factor", numel, self.stacked.dtype, rows.device)
+        factor = factor.view(count, size, size).mT
         info = torch.empty(count, device=rows.device, dtype=torch.int32)
         torch.linalg.cholesky_ex(system.view(count, size, size), out=(factor, info))
         return factor, info == 0
@@ -397,61 +430,65 @@ class _CompactSolver:
         return self.solve(torch.arange(u.shape[0], device=u.device), ~positive)
 
     def solve(self, rows: Tensor, free: Tensor) -> Tensor:
-        """Returns the solutions ``[len(rows), m]`` for the free sets ``free`` of ``rows``."""
+        """Returns the solutions ``[len(rows), m]`` for the free sets ``free`` of ``rows``.
+
+        Each problem factorises one block: ``G_FF`` or, when the active set is the smaller one
+        (and ``K`` is accurate), ``K_AA``. The blocks of all problems are read from one stacked
+        ``[diag(G, I), diag(K, I)]`` and factorised together, in chunks of similar sizes only
+        when they would not fit in one workspace.
+        """
         lower_bounds = self.lower_bounds[rows]
-        solution = torch.empty_like(lower_bounds)
         free_count = free.sum(dim=1)
         through_active = (2 * free_count > self.m) & self.has_inverse
-        for group, sizes, solve in (
-            (through_active, self.m - free_count, self._solve_active),
-            (~through_active, free_count, self._solve_free),
-        ):
-            indices = group.nonzero().squeeze(1)
-            if indices.numel() == 0:
-                continue
-            # Problems of similar sizes together: less padding in each chunk.
-            group_sizes, by_size = sizes[indices].sort()
-            indices = indices[by_size]
-            size = max(1, int(group_sizes[-1]))
-            # Chunks of at most _CHUNK_ENTRIES entries keep the [chunk, size, size] systems in
-            # cache and let them reuse one workspace.
-            for chunk in torch.split(indices, max(1, _CHUNK_ENTRIES // (size * size))):
-                solution[chunk] = solve(lower_bounds[chunk], free[chunk])
+        block = torch.where(through_active.unsqueeze(1), ~free, free)
+        sizes = torch.where(through_active, self.m - free_count, free_count)
+        size = max(1, int(sizes.max()))
+        per_chunk = max(1, _CHUNK_ENTRIES // (size * size))
+        if rows.shape[0] <= per_chunk:
+            return self._solve_blocks(lower_bounds, free, block, through_active)
+        solution = torch.empty_like(lower_bounds)
+        # Problems of similar sizes together: less padding in each chunk.
+        by_size = sizes.argsort()
+        for chunk in torch.split(by_size, per_chunk):
+            solution[chunk] = self._solve_blocks(
+                lower_bounds[chunk], free[chunk], block[chunk], through_active[chunk]
+            )
         return solution
 
-    def _solve_free(self, lower_bounds: Tensor, free: Tensor) -> Tensor:
+    def _solve_blocks(
+        self, lower_bounds: Tensor, free: Tensor, block: Tensor, through_active: Tensor
+    ) -> Tensor:
+        """Solves each problem through its ``block``: ``G_FF`` where ``through_active`` is false
+        (``G_FF v_F = -G_FA u_A``), else ``K_AA`` (``v = K_{:A} K_AA⁻¹ u_A``)."""
+        m = self.m
+        order, valid = _leading_indices(block)
+        padded = torch.where(valid, order, m + self.slots[: order.shape[1]])
+        offsets = torch.where(through_active, (2 * m) ** 2, 0).view(-1, 1, 1)
+        factor, success = self._factorize(offsets, padded)
         fixed = torch.where(free, 0.0, lower_bounds)
-        residual = -(fixed @ self.gramian)  # right-hand side of G_FF v_F = -G_FA u_A
-        order, valid = _leading_indices(free)
-        rows = torch.where(valid, order, self.m + self.slots[: order.shape[1]])
-        factor, success = self._factorize(self.extended, rows)
+        # Right-hand sides: -(G u_A)_F through G_FF, u_A through K_AA.
+        residual = torch.where(through_active.unsqueeze(1), lower_bounds, -(fixed @ self.gramian))
         rhs = torch.where(valid, residual.gather(1, order), 0.0)
         values = torch.cholesky_solve(rhs.unsqueeze(2), factor).squeeze(2)
-        # A singular free-set system (G itself singular): NaN makes the caller jitter G.
-        values = torch.where(success.unsqueeze(1), values, torch.nan)
-        return _assemble(fixed, order, valid, values)
-
-    def _solve_active(self, lower_bounds: Tensor, free: Tensor) -> Tensor:
-        active = ~free
-        order, valid = _leading_indices(active)
-        rows = torch.where(valid, order, self.m + self.slots[: order.shape[1]])
-        factor, success = self._factorize(self.extended_inverse, rows)
-        zeros = torch.zeros_like(lower_bounds)
-
-        def inverse_times_restricted_solve(values_on_active: Tensor) -> Tensor:
-            """``K_{:A} K_AA⁻¹ x_A`` for every problem."""
-            rhs = torch.where(valid, values_on_active.gather(1, order), 0.0)
+        # On the G_FF path the values are v_F; on the K_AA path the multipliers of v = K_{:A} λ_A.
+        on_block = _assemble(torch.zeros_like(lower_bounds), order, valid, values)
+        solution = torch.where(
+            through_active.unsqueeze(1),
+            torch.where(free, on_block @ self.inverse, lower_bounds),
+            torch.where(free, on_block, lower_bounds),
+        )
+        if self.refine and bool(through_active.any()):
+            # Refinement of the K_AA path: v_F -= G_FF⁻¹ r_F with r_F = (G v)_F and
+            # G_FF⁻¹ = K_FF - K_FA K_AA⁻¹ K_AF.
+            correction_rows = through_active.unsqueeze(1) & free
+            residual = torch.where(correction_rows, solution @ self.gramian, 0.0)
+            spread = residual @ self.inverse
+            rhs = torch.where(valid, spread.gather(1, order), 0.0)
             multipliers = torch.cholesky_solve(rhs.unsqueeze(2), factor).squeeze(2)
-            return _assemble(zeros, order, valid, multipliers) @ self.inverse
-
-        solution = torch.where(free, inverse_times_restricted_solve(lower_bounds), lower_bounds)
-        if not self.refine:
-            return torch.where(success.unsqueeze(1), solution, torch.nan)
-        # Refinement: v_F -= G_FF⁻¹ r_F with r_F = (G v)_F and G_FF⁻¹ = K_FF - K_FA K_AA⁻¹ K_AF.
-        residual = torch.where(free, solution @ self.gramian, 0.0)
-        spread = residual @ self.inverse
-        correction = spread - inverse_times_restricted_solve(spread)
-        solution = torch.where(free, solution - correction, lower_bounds)
+            back = _assemble(torch.zeros_like(lower_bounds), order, valid, multipliers)
+            correction = spread - back @ self.inverse
+            solution = torch.where(correction_rows, solution - correction, solution)
+        # A singular block (G itself singular): NaN makes the caller jitter G.
         return torch.where(success.unsqueeze(1), solution, torch.nan)
 
 

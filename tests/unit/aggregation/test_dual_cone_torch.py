@@ -8,6 +8,7 @@ the thorough validation of the solver.
 from __future__ import annotations
 
 import os
+import threading
 import warnings
 
 import pytest
@@ -17,6 +18,7 @@ from hypothesis import strategies as st
 from torch import Tensor
 
 from jdoptim.aggregation import DualProjWeighting, UPGradWeighting
+from jdoptim.aggregation import _dual_cone_torch as dual_cone_torch
 from jdoptim.aggregation._checks import normalize
 from jdoptim.aggregation._dual_cone import solve_dual_cone
 from jdoptim.aggregation._dual_cone_torch import (
@@ -204,3 +206,72 @@ def test_weightings_agree_across_solvers(weighting_class: type) -> None:
     weights_quadprog = weighting_class(solver="quadprog")(gramian)
 
     torch.testing.assert_close(weights_torch, weights_quadprog, rtol=1e-5, atol=1e-7)
+
+
+def _upgrad_problem(m: int, seed: int) -> tuple[Tensor, Tensor]:
+    generator = torch.Generator().manual_seed(seed)
+    jacobian = torch.randn(m, 2 * m, generator=generator, dtype=torch.float64)
+    return _regularized_gramian(jacobian, 1e-4), torch.eye(m, dtype=torch.float64) / m
+
+
+def test_chunked_factorisations_match_one_batch(monkeypatch: pytest.MonkeyPatch) -> None:
+    gramian, lower_bounds = _upgrad_problem(48, seed=3)
+    one_batch = solve_dual_cone_torch(gramian, lower_bounds)
+
+    # Room for a handful of systems per chunk: the problems are sorted by size and split.
+    monkeypatch.setattr(dual_cone_torch, "_CHUNK_ENTRIES", 5 * 24 * 24)
+    chunked = solve_dual_cone_torch(gramian, lower_bounds)
+
+    torch.testing.assert_close(chunked, one_batch, rtol=1e-12, atol=1e-15)
+    expected = solve_dual_cone(gramian, lower_bounds, "quadprog")
+    _assert_relatively_close(chunked, expected, lower_bounds)
+
+
+def test_reused_workspaces_leave_no_trace_between_sizes() -> None:
+    gramian, lower_bounds = _upgrad_problem(40, seed=4)
+    first = solve_dual_cone_torch(gramian, lower_bounds)
+    larger, larger_bounds = _upgrad_problem(90, seed=5)
+    solve_dual_cone_torch(larger, larger_bounds)  # grows every workspace
+
+    again = solve_dual_cone_torch(gramian, lower_bounds)
+
+    assert torch.equal(again, first)
+
+
+def test_inference_mode_calls_and_normal_calls_can_alternate() -> None:
+    gramian, lower_bounds = _upgrad_problem(30, seed=6)
+    results: list[Tensor] = []
+
+    def alternate() -> None:
+        # A new thread starts without workspaces: the first call, in inference mode, makes them.
+        with torch.inference_mode():
+            results.append(solve_dual_cone_torch(gramian, lower_bounds))
+        results.append(solve_dual_cone_torch(gramian, lower_bounds))  # writes into them
+
+    thread = threading.Thread(target=alternate)
+    thread.start()
+    thread.join(timeout=60)
+
+    inside, outside = results
+    assert torch.equal(inside, outside)
+    assert not outside.is_inference()
+
+
+def test_threads_solving_at_once_get_their_own_results() -> None:
+    problems = [_upgrad_problem(m, seed=m) for m in (20, 33, 47, 64)]
+    expected = [solve_dual_cone_torch(g, u) for g, u in problems]
+    results: dict[int, list[Tensor]] = {}
+
+    def solve_repeatedly(index: int) -> None:
+        gramian, lower_bounds = problems[index]
+        results[index] = [solve_dual_cone_torch(gramian, lower_bounds) for _ in range(5)]
+
+    threads = [threading.Thread(target=solve_repeatedly, args=(i,)) for i in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+
+    for index, solutions in results.items():
+        assert all(torch.equal(solution, expected[index]) for solution in solutions)
+    assert sorted(results) == [0, 1, 2, 3]
