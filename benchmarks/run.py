@@ -283,8 +283,10 @@ def iwrm_workloads(quick: bool) -> list[Workload]:
         Workload(
             name=f"IWRM CNN batch={batch}",
             baseline="summed",
-            configurations={c: _iwrm_setup(c, batch) for c in ("summed", "autogram", "autojac")},
-            targets={"autogram": "≤ 3 (memory ≤ 1.5)", "autojac": "≤ 40"},
+            configurations={
+                c: _iwrm_setup(c, batch) for c in ("summed", "autogram", "autojac", "autojac_loop")
+            },
+            targets={"autogram": "≤ 3 (memory ≤ 1.5)", "autojac": "≤ 40", "autojac_loop": "≤ 40"},
             repeats=2 if quick else 10,
             measure_memory=True,
         )

@@ -72,7 +72,8 @@ def backward(
         retain_graph: if ``False``, the graph is freed once the last row is computed.
         parallel_chunk_size: how many rows are computed by one vectorised (``torch.vmap``)
             backward pass; ``None`` computes all rows at once. ``1`` computes one row per
-            ordinary backward pass and never uses ``vmap`` (for models vmap cannot handle).
+            ordinary backward pass and never uses ``vmap`` (for models vmap cannot handle, and
+            often faster on the CPU for convolutional models, whose vectorised backward is slow).
 
     Example:
         >>> import torch
