@@ -378,7 +378,7 @@ class _CompactSolver:
         stacked = stacked.view(2, 2 * m, 2 * m).zero_()
         stacked.diagonal(dim1=1, dim2=2).fill_(1.0)
         stacked[0, :m, :m] = gramian
-        identity = stacked[1, :m, :m].clone()
+        identity = torch.eye(m, device=gramian.device, dtype=gramian.dtype)
         factor, info = torch.linalg.cholesky_ex(gramian)
         self.has_inverse = bool(info == 0)
         self.refine = True
