@@ -6,8 +6,11 @@ import numpy as np
 import pytest
 import quadprog
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from torch import Tensor
 
+from jdoptim.aggregation import _dual_cone
 from jdoptim.aggregation._dual_cone import solve_dual_cone
 
 # Contract tests that every dual-cone solver must pass.
@@ -211,10 +214,16 @@ def test_indefinite_matrix_is_rejected() -> None:
         solve_dual_cone(matrix, torch.tensor([[1.0, -1.0]]), "quadprog")
 
 
-def test_auto_solver_uses_quadprog_for_small_cpu_problems_and_torch_otherwise(monkeypatch) -> None:
-    from jdoptim.aggregation import _dual_cone
-
+def test_auto_solver_uses_closed_forms_then_quadprog_for_small_cpu_problems_and_torch_otherwise(
+    monkeypatch,
+) -> None:
     calls: list[str] = []
+    closed_form = _dual_cone._solve_closed_form
+    monkeypatch.setattr(
+        _dual_cone,
+        "_solve_closed_form",
+        lambda g, u: calls.append("closed form") or closed_form(g, u),
+    )
     monkeypatch.setattr(
         _dual_cone,
         "_solve_with_quadprog",
@@ -225,11 +234,16 @@ def test_auto_solver_uses_quadprog_for_small_cpu_problems_and_torch_otherwise(mo
         "solve_dual_cone_torch",
         lambda g, u: calls.append("torch") or torch.zeros_like(u),
     )
-    for m in (1, _dual_cone._AUTO_QUADPROG_MAX_M, _dual_cone._AUTO_QUADPROG_MAX_M + 1):
+    for m in (1, 2, 3, _dual_cone._AUTO_QUADPROG_MAX_M, _dual_cone._AUTO_QUADPROG_MAX_M + 1):
         solve_dual_cone(
             torch.eye(m, dtype=torch.float64), torch.eye(m, dtype=torch.float64), "auto"
         )
-    assert calls == ["quadprog", "quadprog", "torch"]
+    assert calls == ["closed form", "closed form", "quadprog", "quadprog", "torch"]
+    # A singular or non-finite G of two objectives goes on to quadprog.
+    calls.clear()
+    for gramian in (torch.ones(2, 2), torch.tensor([[1.0, 0.0], [0.0, float("nan")]])):
+        solve_dual_cone(gramian.double(), torch.eye(2, dtype=torch.float64), "auto")
+    assert calls == ["closed form", "quadprog", "closed form", "quadprog"]
 
 
 @pytest.mark.parametrize("m", [3, 30])
@@ -244,3 +258,52 @@ def test_auto_solver_matches_both_solvers(m: int) -> None:
         torch.testing.assert_close(
             auto, solve_dual_cone(gramian, bounds, solver), rtol=1e-6, atol=1e-9
         )
+
+
+@settings(max_examples=300, derandomize=True)
+@given(
+    m=st.sampled_from((1, 2)),
+    rank=st.sampled_from(("full", "one")),
+    scale=st.sampled_from((1.0, 1e-10, 1e10)),
+    reg_eps=st.sampled_from((1e-4, 1e-8, 0.0)),
+    kind=st.sampled_from(("upgrad", "dualproj", "signed")),
+    seed=st.integers(min_value=0, max_value=2**31 - 1),
+)
+def test_closed_forms_of_one_and_two_objectives_match_quadprog(
+    m: int, rank: str, scale: float, reg_eps: float, kind: str, seed: int
+) -> None:
+    generator = torch.Generator().manual_seed(seed)
+    inner = 1 if rank == "one" else 3
+    jacobian = torch.randn(m, inner, generator=generator, dtype=torch.float64)
+    jacobian = scale * jacobian @ torch.randn(inner, 5, generator=generator, dtype=torch.float64)
+    gramian = jacobian @ jacobian.T + reg_eps * scale**2 * torch.eye(m, dtype=torch.float64)
+    pref = torch.rand(m, generator=generator, dtype=torch.float64) + 0.1
+    bounds = {
+        "upgrad": torch.diag(pref / pref.sum()),
+        "dualproj": (pref / pref.sum()).unsqueeze(0),
+        "signed": torch.randn(3, m, generator=generator, dtype=torch.float64),
+    }[kind]
+
+    auto = solve_dual_cone(gramian, bounds, "auto")
+    expected = solve_dual_cone(gramian, bounds, "quadprog")
+
+    assert auto.shape == bounds.shape and auto.dtype == gramian.dtype
+    if _dual_cone._solve_closed_form(gramian, bounds) is None:
+        # A singular G (no regularisation, rank one): quadprog and its jitter decide.
+        assert torch.equal(auto, expected)
+        return
+    # Optimality (KKT): v ≥ u, G v ≥ 0, and (G v)_i = 0 wherever v_i > u_i.
+    products = auto @ gramian
+    tolerance = 1e-10 * gramian.abs().max() * torch.maximum(auto.abs(), bounds.abs()).max()
+    assert (auto >= bounds).all()
+    assert (products >= -tolerance).all()
+    assert (products[auto > bounds].abs() <= tolerance).all()
+    # Never worse than quadprog's objective, which loses digits when G is nearly singular...
+    objective = (products * auto).sum(1)
+    expected_objective = ((expected @ gramian) * expected).sum(1)
+    slack = 1e-12 * gramian.abs().max() * bounds.abs().max() ** 2
+    assert (objective <= expected_objective + slack).all()
+    # ... and equal to its solution where G is well conditioned.
+    if reg_eps >= 1e-4:
+        error_scale = torch.maximum(expected.abs().amax(), bounds.abs().amax())
+        assert (auto - expected).abs().max() <= 1e-6 * error_scale
