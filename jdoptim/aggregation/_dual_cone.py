@@ -195,8 +195,8 @@ def solve_dual_cone(gramian: Tensor, lower_bounds: Tensor, solver: str = "quadpr
         lower_bounds: ``[k, m]`` matrix whose rows are the lower bounds ``u_i``.
         solver: ``"quadprog"`` (float64 on the CPU, one QP per row), ``"torch"`` (all rows at
             once by block principal pivoting, in float64 on the Gramian's device, no host copy),
-            or ``"auto"`` (quadprog for ``m <= 24`` on the CPU, where it is faster; torch
-            otherwise).
+            or ``"auto"`` (on the CPU: exact closed forms for ``m <= 2``, quadprog for
+            ``m <= 24``, where they are faster; torch otherwise).
 
     Returns:
         ``[k, m]`` solutions, on ``gramian``'s device and with its dtype.

@@ -26,9 +26,10 @@ class DualProjWeighting(DualConeWeighting):
         pref_vector: ``[m]`` preference vector ``p``; ``None`` means uniform ``1/m``.
         norm_eps: the trace below which the Gramian is treated as zero (``≥ 0``).
         reg_eps: the multiple of the identity added to the normalised Gramian (``≥ 0``).
-        solver: the dual-cone QP solver: ``"auto"`` (quadprog for up to 24 objectives on the
-            CPU, where it is faster, else torch), ``"torch"`` (batched, on the Gramian's device,
-            no host copy) or ``"quadprog"`` (one QP per row on the CPU).
+        solver: the dual-cone QP solver: ``"auto"`` (on the CPU, closed forms for one or two
+            objectives and quadprog up to 24, where they are faster; else torch), ``"torch"``
+            (batched, on the Gramian's device, no host copy) or ``"quadprog"`` (one QP per row
+            on the CPU).
 
     Example:
         >>> import torch
@@ -62,9 +63,10 @@ class DualProj(DualConeAggregator):
         pref_vector: ``[m]`` preference vector; ``None`` means uniform ``1/m``.
         norm_eps: the trace below which the Gramian is treated as zero (``≥ 0``).
         reg_eps: the multiple of the identity added to the normalised Gramian (``≥ 0``).
-        solver: the dual-cone QP solver: ``"auto"`` (quadprog for up to 24 objectives on the
-            CPU, where it is faster, else torch), ``"torch"`` (batched, on the Gramian's device,
-            no host copy) or ``"quadprog"`` (one QP per row on the CPU).
+        solver: the dual-cone QP solver: ``"auto"`` (on the CPU, closed forms for one or two
+            objectives and quadprog up to 24, where they are faster; else torch), ``"torch"``
+            (batched, on the Gramian's device, no host copy) or ``"quadprog"`` (one QP per row
+            on the CPU).
 
     Example:
         >>> import torch
