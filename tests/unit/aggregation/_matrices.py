@@ -24,6 +24,9 @@ from torch import Tensor
 MAX_M = 32
 MAX_N = 200
 
+#: The [2, 3] Jacobian whose aggregations SPEC §2 gives as reference values.
+REFERENCE_JACOBIAN = torch.tensor([[-4.0, 1.0, 1.0], [6.0, 1.0, 1.0]])
+
 #: Factors a row may be multiplied by; hypothesis shrinks towards the first one.
 ROW_SCALES = (1.0, 0.0, 1e-10, 1e-5, 1e-2, 1e2, 1e5, 1e10, 1e15)
 POSITIVE_ROW_SCALES = tuple(scale for scale in ROW_SCALES if scale > 0.0)
@@ -187,3 +190,15 @@ def matrices(
         if scaled and draw(st.booleans()):
             matrix = matrix * _draw_row_scales(draw, matrix.shape[0], ROW_SCALES).unsqueeze(1)
     return matrix.to(dtype)
+
+
+def random_jacobians() -> list[Tensor]:
+    """Fixed float64 Jacobians, full and deficient rank, from [1, 1] to [32, 40] (seed 0)."""
+    generator = torch.Generator().manual_seed(0)
+    jacobians = []
+    for m, n in [(1, 1), (2, 1), (2, 5), (3, 3), (5, 2), (8, 20), (16, 4), (32, 40)]:
+        jacobians.append(torch.randn(m, n, generator=generator, dtype=torch.float64))
+        low_rank = max(1, min(m, n) // 2)
+        left = torch.randn(m, low_rank, generator=generator, dtype=torch.float64)
+        jacobians.append(left @ torch.randn(low_rank, n, generator=generator, dtype=torch.float64))
+    return jacobians

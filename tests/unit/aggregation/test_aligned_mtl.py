@@ -6,11 +6,10 @@ import math
 
 import pytest
 import torch
+from _matrices import REFERENCE_JACOBIAN
 from torch import Tensor
 
 from jdoptim.aggregation import AlignedMTL, AlignedMTLWeighting
-
-REFERENCE_JACOBIAN = torch.tensor([[-4.0, 1.0, 1.0], [6.0, 1.0, 1.0]])
 
 
 def _basis(gramian: Tensor, scale_mode: str) -> Tensor:

@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import pytest
 import torch
+from _matrices import REFERENCE_JACOBIAN
 
 from jdoptim.aggregation import IMTLG, IMTLGWeighting, NonDifferentiableError
-
-REFERENCE_JACOBIAN = torch.tensor([[-4.0, 1.0, 1.0], [6.0, 1.0, 1.0]])
 
 
 def test_reference_weights_match_the_definition() -> None:

@@ -4,22 +4,9 @@ from __future__ import annotations
 
 import pytest
 import torch
-from torch import Tensor
+from _matrices import REFERENCE_JACOBIAN, random_jacobians
 
 from jdoptim.aggregation import MGDA, MGDAWeighting
-
-REFERENCE_JACOBIAN = torch.tensor([[-4.0, 1.0, 1.0], [6.0, 1.0, 1.0]])
-
-
-def _random_jacobians() -> list[Tensor]:
-    generator = torch.Generator().manual_seed(0)
-    jacobians = []
-    for m, n in [(1, 1), (2, 1), (2, 5), (3, 3), (5, 2), (8, 20), (16, 4), (32, 40)]:
-        jacobians.append(torch.randn(m, n, generator=generator, dtype=torch.float64))
-        low_rank = max(1, min(m, n) // 2)
-        left = torch.randn(m, low_rank, generator=generator, dtype=torch.float64)
-        jacobians.append(left @ torch.randn(low_rank, n, generator=generator, dtype=torch.float64))
-    return jacobians
 
 
 def test_reference_value() -> None:
@@ -67,7 +54,7 @@ def test_zero_matrix_gives_zeros() -> None:
 
 @pytest.mark.parametrize("matrix_index", range(16))
 def test_weights_lie_in_the_simplex(matrix_index: int) -> None:
-    jacobian = _random_jacobians()[matrix_index]
+    jacobian = random_jacobians()[matrix_index]
 
     weights = MGDAWeighting()(jacobian @ jacobian.T)
 
@@ -77,7 +64,7 @@ def test_weights_lie_in_the_simplex(matrix_index: int) -> None:
 
 @pytest.mark.parametrize("matrix_index", range(16))
 def test_output_conflicts_with_no_row_up_to_epsilon(matrix_index: int) -> None:
-    jacobian = _random_jacobians()[matrix_index]
+    jacobian = random_jacobians()[matrix_index]
     epsilon = 1e-3
 
     products = jacobian @ MGDA(epsilon=epsilon)(jacobian)
