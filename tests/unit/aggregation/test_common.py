@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import inspect
-from collections.abc import Iterator
 
 import pytest
 import torch
@@ -32,17 +31,6 @@ from jdoptim.aggregation import (
     Weighting,
 )
 from jdoptim.aggregation._weights import aggregate_with_weights
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread() -> Iterator[None]:
-    """These tests run thousands of tiny products, for which intra-op threads only add overhead
-    (and much more of it on a loaded machine): run them on one thread, then restore."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 DIFFERENTIABLE_CASES = [case for case in ALL_CASES if class_name(case) not in NON_DIFFERENTIABLE]
 NON_DIFFERENTIABLE_CASES = [case for case in ALL_CASES if class_name(case) in NON_DIFFERENTIABLE]

@@ -9,7 +9,7 @@ of length k).
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import pytest
 import torch
@@ -39,17 +39,6 @@ from hypothesis import strategies as st
 from torch import Tensor
 
 from jdoptim.aggregation._weights import aggregate_with_weights
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread() -> Iterator[None]:
-    """These tests run thousands of tiny products, for which intra-op threads only add overhead
-    (and much more of it on a loaded machine): run them on one thread, then restore."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 #: Defaults of SPEC §2, which the aggregators under test are built with.
 NORM_EPS = 1e-4
