@@ -22,6 +22,7 @@ from .autojac._engine import (
     as_tensors,
     check_multipliers,
     check_parallel_chunk_size,
+    check_require_grad,
     compute_jacobians,
     leaves_in_order_of_first_use,
 )
@@ -776,14 +777,7 @@ class JacobianOptimizer(Optimizer):
         retain_graph: bool,
     ) -> None:
         feature_list = as_tensors(features, "features")
-        if not feature_list:
-            raise ValueError("`features` must contain at least one tensor, but got none.")
-        for i, feature in enumerate(feature_list):
-            if not feature.requires_grad:
-                raise ValueError(
-                    f"`features` must require grad, but element {i} of shape "
-                    f"{list(feature.shape)} does not (compute it from the shared parameters)."
-                )
+        check_require_grad(feature_list, "features", " (compute it from the shared parameters)")
         jac_outputs = _rows_of_grad_tensors(losses, grad_tensors)
         groups = self._group_params()
         task_leaves, reached = leaves_in_order_of_first_use(losses, stop_at=feature_list)

@@ -39,6 +39,19 @@ def check_outputs(outputs: list[Tensor], name: str) -> None:
             )
 
 
+def check_require_grad(tensors: list[Tensor], name: str, hint: str = "") -> None:
+    """Checks that there is at least one tensor and that every one requires grad; ``hint`` (e.g.
+    ``" (compute it from ...)"``) ends the message about a tensor that does not."""
+    if not tensors:
+        raise ValueError(f"`{name}` must contain at least one tensor, but got an empty sequence.")
+    for i, tensor in enumerate(tensors):
+        if not tensor.requires_grad:
+            raise ValueError(
+                f"`{name}` must contain tensors that require grad, but element {i} of shape "
+                f"{list(tensor.shape)} does not{hint}."
+            )
+
+
 def check_parallel_chunk_size(parallel_chunk_size: Any) -> None:
     """Checks that ``parallel_chunk_size`` is None or a positive int."""
     if parallel_chunk_size is None:

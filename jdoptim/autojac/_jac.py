@@ -11,6 +11,7 @@ from ._engine import (
     check_multipliers,
     check_outputs,
     check_parallel_chunk_size,
+    check_require_grad,
     compute_jacobians,
 )
 
@@ -77,14 +78,7 @@ def jac(
     output_list = as_tensors(outputs, "outputs")
     check_outputs(output_list, "outputs")
     input_list = as_tensors(inputs, "inputs")
-    if not input_list:
-        raise ValueError("`inputs` must contain at least one tensor, but got an empty sequence.")
-    for i, input in enumerate(input_list):
-        if not input.requires_grad:
-            raise ValueError(
-                f"`inputs` must contain tensors that require grad, but element {i} of shape "
-                f"{list(input.shape)} does not."
-            )
+    check_require_grad(input_list, "inputs")
     multipliers = check_multipliers(jac_outputs, output_list, "jac_outputs", leading_dim=True)
     check_parallel_chunk_size(parallel_chunk_size)
     jacobians = compute_jacobians(

@@ -17,6 +17,7 @@ from ._engine import (
     check_no_duplicates,
     check_outputs,
     check_parallel_chunk_size,
+    check_require_grad,
     compute_jacobians,
     get_jac,
     leaves_in_order_of_first_use,
@@ -86,14 +87,7 @@ def mtl_backward(
     losses = as_tensors(tensors, "tensors")
     check_outputs(losses, "tensors")
     feature_list = as_tensors(features, "features")
-    if not feature_list:
-        raise ValueError("`features` must contain at least one tensor, but got an empty sequence.")
-    for i, feature in enumerate(feature_list):
-        if not feature.requires_grad:
-            raise ValueError(
-                f"`features` must require grad, but element {i} of shape "
-                f"{list(feature.shape)} does not."
-            )
+    check_require_grad(feature_list, "features")
     check_no_duplicates(feature_list, "features")
     multipliers = check_multipliers(grad_tensors, losses, "grad_tensors", leading_dim=False)
     if multipliers is None:
