@@ -28,21 +28,28 @@ def check_pref_vector(pref_vector: Tensor | None) -> None:
         )
 
 
-def resolve_pref_vector(pref_vector: Tensor | None, gramian: Tensor, default: float) -> Tensor:
-    """Returns the ``[m]`` preference vector for ``gramian`` ``[m, m]``.
+def resolve_per_row(vector: Tensor | None, name: str, matrix: Tensor, default: float) -> Tensor:
+    """Returns the ``[m]`` vector ``name`` for ``matrix`` (a Jacobian ``[m, n]`` or a Gramian
+    ``[m, m]``), on its device and dtype.
 
-    ``None`` becomes ``default`` repeated m times (``1/m`` for a uniform mean: pass
-    ``1 / m``). A vector whose length differs from m raises ``ValueError``.
+    ``None`` becomes ``default`` repeated m times. A vector whose length differs from m raises
+    ``ValueError``.
     """
-    m = gramian.shape[0]
-    if pref_vector is None:
-        return gramian.new_full((m,), default)
-    if pref_vector.shape[0] != m:
+    m = matrix.shape[0]
+    if vector is None:
+        return matrix.new_full((m,), default)
+    if vector.shape[0] != m:
         raise ValueError(
-            f"`pref_vector` must have one entry per row of the matrix (m = {m}), but got shape "
-            f"{list(pref_vector.shape)} for a Gramian of shape {list(gramian.shape)}."
+            f"`{name}` must have one entry per row of the matrix (m = {m}), but got shape "
+            f"{list(vector.shape)} for an input of shape {list(matrix.shape)}."
         )
-    return pref_vector.to(device=gramian.device, dtype=gramian.dtype)
+    return vector.to(device=matrix.device, dtype=matrix.dtype)
+
+
+def resolve_pref_vector(pref_vector: Tensor | None, gramian: Tensor, default: float) -> Tensor:
+    """Returns the ``[m]`` preference vector for ``gramian`` ``[m, m]``: ``pref_vector``, or
+    ``default`` repeated m times (``1/m`` for a uniform mean: pass ``1 / m``)."""
+    return resolve_per_row(pref_vector, "pref_vector", gramian, default)
 
 
 def normalize(gramian: Tensor, norm_eps: float) -> Tensor:

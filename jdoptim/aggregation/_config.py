@@ -6,7 +6,7 @@ import torch
 from torch import Tensor
 
 from ._bases import Aggregator
-from ._checks import check_pref_vector, pref_repr
+from ._checks import check_pref_vector, pref_repr, resolve_per_row
 
 
 class ConFIG(Aggregator):
@@ -51,16 +51,7 @@ class ConFIG(Aggregator):
 
     def forward(self, matrix: Tensor, /) -> Tensor:
         m = matrix.shape[0]
-        if self.pref_vector is None:
-            preferences = matrix.new_ones(m)
-        elif self.pref_vector.shape[0] != m:
-            raise ValueError(
-                f"`pref_vector` must have one entry per row of the matrix (m = {m}), but got "
-                f"shape {list(self.pref_vector.shape)} for a matrix of shape "
-                f"{list(matrix.shape)}."
-            )
-        else:
-            preferences = self.pref_vector.to(device=matrix.device, dtype=matrix.dtype)
+        preferences = resolve_per_row(self.pref_vector, "pref_vector", matrix, 1.0)
         if matrix.numel() == 0:
             # No row or no column: the output is the empty sum, zeros (the SVD needs both).
             return matrix.new_zeros(matrix.shape[1])

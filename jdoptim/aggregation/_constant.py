@@ -6,6 +6,7 @@ import torch
 from torch import Tensor
 
 from ._bases import GramianWeightedAggregator, Weighting
+from ._checks import resolve_per_row
 
 
 def _format_weights(weights: Tensor) -> str:
@@ -50,13 +51,7 @@ class ConstantWeighting(Weighting):
         self.register_buffer("weights", weights.detach().clone())
 
     def forward(self, gramian: Tensor, /) -> Tensor:
-        m = gramian.shape[0]
-        if self.weights.shape[0] != m:
-            raise ValueError(
-                f"`weights` must have one entry per row of the matrix (m = {m}), but got shape "
-                f"{list(self.weights.shape)} for a Gramian of shape {list(gramian.shape)}."
-            )
-        return self.weights.to(device=gramian.device, dtype=gramian.dtype)
+        return resolve_per_row(self.weights, "weights", gramian, 0.0)  # never None here
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(weights={self.weights!r})"

@@ -8,6 +8,7 @@ import torch
 from torch import Tensor
 
 from ._bases import Aggregator
+from ._checks import resolve_per_row
 
 
 def identity(purity: Tensor) -> Tensor:
@@ -64,16 +65,7 @@ class GradDrop(Aggregator):
         self.register_buffer("leak", leak)
 
     def forward(self, matrix: Tensor, /) -> Tensor:
-        m = matrix.shape[0]
-        if self.leak is None:
-            leak = matrix.new_zeros(m)
-        elif self.leak.shape[0] != m:
-            raise ValueError(
-                f"`leak` must have one entry per row of the matrix (m = {m}), but got shape "
-                f"{list(self.leak.shape)} for a matrix of shape {list(matrix.shape)}."
-            )
-        else:
-            leak = self.leak.to(device=matrix.device, dtype=matrix.dtype)
+        leak = resolve_per_row(self.leak, "leak", matrix, 0.0)
         total = matrix.sum(dim=0)
         total_magnitude = matrix.abs().sum(dim=0)
         ratio = torch.where(
