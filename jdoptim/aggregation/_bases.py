@@ -2,26 +2,50 @@
 
 from __future__ import annotations
 
+import math
 from abc import ABC, abstractmethod
+from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor, nn
 
+from .._describe import describe
+from .._generalized_gramian import to_square
 from ._non_differentiable import make_non_differentiable
 
 _LOW_PRECISION = (torch.float16, torch.bfloat16)
 
 
-def _describe(value: object) -> str:
-    """The type of ``value``, or, for a class passed instead of an instance, how to fix it."""
-    if isinstance(value, type):
-        return f"the class {value.__name__} (pass an instance: {value.__name__}())"
-    return type(value).__name__
+def _check_matrix(matrix: Any) -> None:
+    """Checks that ``matrix`` is a floating 2-D tensor (the Jacobian given to an aggregator)."""
+    if not isinstance(matrix, Tensor):
+        raise TypeError(f"`matrix` must be a torch.Tensor, but got {type(matrix).__name__}.")
+    if matrix.dim() != 2:
+        raise ValueError(
+            f"`matrix` must be a 2-D Jacobian of shape [m, n], but got shape {list(matrix.shape)}."
+        )
+    if not matrix.dtype.is_floating_point:
+        raise TypeError(f"`matrix` must have a floating dtype, but got {matrix.dtype}.")
 
 
 def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
     """The dtype in which a tensor of ``dtype`` is processed: half precisions go to float32."""
     return torch.float32 if dtype in _LOW_PRECISION else dtype
+
+
+class Aggregation(NamedTuple):
+    """What one aggregation produced, as returned by :meth:`Aggregator.aggregate`.
+
+    Attributes:
+        update: the aggregated vector ``[n]``, the same as calling the aggregator.
+        weights: the weights ``[m]`` given to the rows, for an aggregator of the form
+            :math:`J^\top w` that knows them (:class:`GramianWeightedAggregator`), else ``None``.
+        gramian: the Gramian ``J Jᵀ`` ``[m, m]`` the weights were computed from, else ``None``.
+    """
+
+    update: Tensor
+    weights: Tensor | None
+    gramian: Tensor | None
 
 
 class Aggregator(nn.Module, ABC):
@@ -47,17 +71,32 @@ class Aggregator(nn.Module, ABC):
         """Aggregates a validated 2-D ``matrix`` (float32 or float64) into a vector."""
 
     def __call__(self, matrix: Tensor, /) -> Tensor:
-        if not isinstance(matrix, Tensor):
-            raise TypeError(f"`matrix` must be a torch.Tensor, but got {type(matrix).__name__}.")
-        if matrix.dim() != 2:
-            raise ValueError(
-                f"`matrix` must be a 2-D Jacobian of shape [m, n], but got shape "
-                f"{list(matrix.shape)}."
-            )
+        return self._call(matrix)
+
+    def aggregate(self, matrix: Tensor, /) -> Aggregation:
+        """Aggregates ``matrix`` and reports the weights and Gramian used, in one call.
+
+        The update is what calling the aggregator returns (its hooks fire). ``weights`` and
+        ``gramian`` are ``None`` here; :class:`GramianWeightedAggregator` fills them in, at no
+        extra cost. This is how :class:`~jdoptim.JacobianOptimizer` and
+        :func:`~jdoptim.autojac.jac_to_grad` learn the weights they report.
+
+        Example:
+            >>> import torch
+            >>> from jdoptim.aggregation import Mean, TrimmedMean
+            >>> matrix = torch.tensor([[1.0, 2.0], [3.0, 4.0]])
+            >>> Mean().aggregate(matrix).weights
+            tensor([0.5000, 0.5000])
+            >>> TrimmedMean(trim_number=0).aggregate(matrix).weights is None
+            True
+        """
+        return Aggregation(self(matrix), None, None)
+
+    def _call(self, matrix: Tensor, **forward_kwargs: Any) -> Tensor:
+        """Checks ``matrix``, runs the module (hooks included) in the compute dtype, casts back."""
+        _check_matrix(matrix)
         dtype = matrix.dtype
-        if not dtype.is_floating_point:
-            raise TypeError(f"`matrix` must have a floating dtype, but got {dtype}.")
-        output: Tensor = super().__call__(matrix.to(_compute_dtype(dtype)))
+        output: Tensor = super().__call__(matrix.to(_compute_dtype(dtype)), **forward_kwargs)
         output = output.to(dtype)
         if not self.differentiable:
             output = make_non_differentiable(output, matrix, type(self).__name__)
@@ -138,7 +177,7 @@ class GramianWeightedAggregator(Aggregator):
         if not isinstance(gramian_weighting, Weighting):
             raise TypeError(
                 "`gramian_weighting` must be a jdoptim.aggregation.Weighting, but got "
-                f"{_describe(gramian_weighting)}."
+                f"{describe(gramian_weighting)}."
             )
         self.gramian_weighting = gramian_weighting
 
@@ -147,10 +186,42 @@ class GramianWeightedAggregator(Aggregator):
         """The Gramian weighting of this aggregator (same object as :attr:`gramian_weighting`)."""
         return self.gramian_weighting
 
-    def forward(self, matrix: Tensor, /) -> Tensor:
-        gramian = matrix @ matrix.T
-        weights = self.gramian_weighting(gramian)
+    def forward(self, matrix: Tensor, /, *, weights: Tensor | None = None) -> Tensor:
+        """``weights @ matrix``; ``weights`` (given by :meth:`aggregate`) default to
+        ``gramian_weighting(matrix @ matrix.T)``."""
+        if weights is None:
+            weights = self.gramian_weighting(matrix @ matrix.T)
         return weights @ matrix
+
+    def aggregate(self, matrix: Tensor, /) -> Aggregation:
+        """Aggregates ``matrix`` and returns the update with its weights and Gramian.
+
+        The Gramian is computed once and given to the weighting, whose hooks fire, then the
+        aggregator itself runs (its hooks fire too) on the weights found. A Gramian holding inf
+        or NaN (an overflow, e.g. of scaled float16 losses) is never given to the weighting:
+        the update is then NaN (so that a :class:`torch.amp.GradScaler` sees the overflow) and
+        the weights ``None``. A subclass that overrides :meth:`forward` is simply called, and
+        reports no weights.
+
+        Example:
+            >>> import torch
+            >>> from jdoptim.aggregation import UPGrad
+            >>> matrix = torch.tensor([[1.0, 0.0], [0.0, 2.0]])
+            >>> update, weights, gramian = UPGrad().aggregate(matrix)
+            >>> update, weights, gramian
+            (tensor([1., 2.]), tensor([1., 1.]), tensor([[1., 0.],
+                    [0., 4.]]))
+        """
+        if type(self).forward is not GramianWeightedAggregator.forward:
+            return super().aggregate(matrix)
+        _check_matrix(matrix)
+        work = matrix.to(_compute_dtype(matrix.dtype))
+        gramian = work @ work.T
+        if not bool(torch.isfinite(gramian).all()):
+            return Aggregation(torch.full_like(matrix[0], math.nan), None, gramian.detach())
+        weights = self.gramian_weighting(gramian)
+        update = self._call(matrix, weights=weights)
+        return Aggregation(update, weights.detach(), gramian.detach())
 
     def __repr__(self) -> str:
         if type(self) is GramianWeightedAggregator:
@@ -222,18 +293,13 @@ class Flattening(GeneralizedWeighting):
         if not isinstance(weighting, Weighting):
             raise TypeError(
                 "`weighting` must be a jdoptim.aggregation.Weighting, but got "
-                f"{_describe(weighting)}."
+                f"{describe(weighting)}."
             )
         self.weighting = weighting
 
     def forward(self, generalized_gramian: Tensor, /) -> Tensor:
-        k = generalized_gramian.dim() // 2
-        shape = generalized_gramian.shape[:k]
-        size = shape.numel()
-        # Reverse the trailing dimensions so that index (i1..ik, j1..jk) pairs matching orders.
-        reversed_dims = list(range(k)) + list(range(2 * k - 1, k - 1, -1))
-        square = generalized_gramian.permute(reversed_dims).reshape(size, size)
-        weights: Tensor = self.weighting(square)
+        shape = generalized_gramian.shape[: generalized_gramian.dim() // 2]
+        weights: Tensor = self.weighting(to_square(generalized_gramian))
         return weights.reshape(shape)
 
     def __repr__(self) -> str:

@@ -195,6 +195,18 @@ class Engine:
             return False
         return self.batch_dim is None or not is_plain_convolution_module(module)
 
+    def parameters(self) -> list[nn.Parameter]:
+        """The parameters whose Gramian the engine computes: those of its modules, each once.
+
+        Example:
+            >>> import torch
+            >>> from jdoptim.autogram import Engine
+            >>> engine = Engine(torch.nn.Linear(3, 2), batch_dim=0)
+            >>> [list(p.shape) for p in engine.parameters()]
+            [[2, 3], [2]]
+        """
+        return [entry.parameter for entry in self._parameters.values()]
+
     def remove(self) -> None:
         """Removes the engine's hooks from the modules; the engine cannot be used afterwards."""
         self._recorder.remove()

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from torch import Tensor
 
+from .._generalized_gramian import reversal
+
 
 def to_generalized_gramian(
     gramian: Tensor, shape: tuple[int, ...], batch_dim: int | None
@@ -15,8 +17,7 @@ def to_generalized_gramian(
     """
     k = len(shape)
     if batch_dim is None:
-        square = gramian.reshape(shape + shape)
-        return square.permute(list(range(k)) + list(range(2 * k - 1, k - 1, -1)))
+        return gramian.reshape(shape + shape).permute(reversal(k))
     others = [d for d in range(k) if d != batch_dim]
     grouped = gramian.reshape(
         [shape[d] for d in others]

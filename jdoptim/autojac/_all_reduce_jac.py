@@ -5,12 +5,13 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
-import torch
-import torch.distributed as dist
 from torch import Tensor
 
-from ._engine import as_tensors, check_no_duplicates, set_jac
+from ._all_reduce import all_reduce_buffer, check_initialized
+from ._checks import as_tensors, check_no_duplicates
+from ._jac_fields import set_jac
 from ._jac_to_grad import _checked_jacobians
+from ._matrix import column_blocks, to_matrix
 
 
 def all_reduce_jac(
@@ -61,19 +62,12 @@ def all_reduce_jac(
     check_no_duplicates(tensor_list, "tensors")
     if not isinstance(average, bool):
         raise TypeError(f"`average` must be a bool, but got {type(average).__name__}.")
-    if not dist.is_available() or not dist.is_initialized():
-        raise ValueError(
-            "`process_group` needs an initialised torch.distributed default process group: call "
-            "torch.distributed.init_process_group first."
-        )
+    check_initialized()
     jacobians = _checked_jacobians(tensor_list)
     m = jacobians[0].shape[0]
-    buffer = torch.cat([jacobian.reshape(m, -1) for jacobian in jacobians], dim=1)
-    dist.all_reduce(buffer, op=dist.ReduceOp.SUM, group=process_group)
-    if average:
-        buffer /= dist.get_world_size(group=process_group)
-    offset = 0
-    for tensor in tensor_list:
-        size = tensor.numel()
-        set_jac(tensor, buffer[:, offset : offset + size].view(m, *tensor.shape))
-        offset += size
+    buffer, matrix = to_matrix(jacobians, m)
+    all_reduce_buffer(buffer, process_group, average=average)
+    for tensor, part in zip(
+        tensor_list, column_blocks(matrix, [t.numel() for t in tensor_list]), strict=True
+    ):
+        set_jac(tensor, part.view(m, *tensor.shape))

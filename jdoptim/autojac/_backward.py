@@ -6,20 +6,17 @@ from collections.abc import Iterable, Sequence
 
 from torch import Tensor
 
-from ._engine import (
-    accumulate_jacs,
+from ._checks import (
     as_tensors,
     check_accumulable,
-    check_jac_rows,
     check_multipliers,
     check_no_duplicates,
     check_outputs,
     check_parallel_chunk_size,
-    compute_jacobians,
-    get_jac,
-    leaves_in_order_of_first_use,
-    number_of_rows,
 )
+from ._graph import leaves_in_order_of_first_use
+from ._jac_fields import accumulate_jacs, check_jac_rows, get_jac
+from ._jacobian import compute_jacobians, number_of_rows
 
 
 def backward(

@@ -6,14 +6,14 @@ from collections.abc import Sequence
 
 from torch import Tensor
 
-from ._engine import (
+from ._checks import (
     as_tensors,
     check_multipliers,
     check_outputs,
     check_parallel_chunk_size,
     check_require_grad,
-    compute_jacobians,
 )
+from ._jacobian import compute_jacobians
 
 
 def jac(

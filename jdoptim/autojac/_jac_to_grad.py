@@ -7,17 +7,12 @@ from collections.abc import Iterable
 import torch
 from torch import Tensor
 
+from .._describe import describe
 from ..aggregation._bases import Aggregator
-from ..aggregation._weights import aggregate_with_weights
-from ._engine import (
-    accumulate_grads,
-    as_one_matrix,
-    as_tensors,
-    check_no_duplicates,
-    delete_jac,
-    get_jac,
-    set_jac,
-)
+from ._aggregate import aggregate_matrix
+from ._checks import as_tensors, check_no_duplicates
+from ._jac_fields import accumulate_grads, delete_jac, get_jac, set_jac
+from ._matrix import split_update, to_matrix
 
 
 def jac_to_grad(
@@ -78,44 +73,21 @@ def jac_to_grad(
     if not isinstance(aggregator, Aggregator):
         raise TypeError(
             "`aggregator` must be a jdoptim.aggregation.Aggregator, but got "
-            f"{_describe(aggregator)}."
+            f"{describe(aggregator)}."
         )
     jacobians = _checked_jacobians(tensor_list)
     m = jacobians[0].shape[0]
-    sizes = [tensor.numel() for tensor in tensor_list]
-
-    one_matrix = as_one_matrix(jacobians)
-    if one_matrix is not None:
-        matrix = one_matrix  # the .jac are column blocks of one matrix: no copy
-    elif len(tensor_list) == 1:
-        matrix = jacobians[0].reshape(m, -1)
-    else:
-        matrix = jacobians[0].new_empty((m, sum(sizes)))
-        offset = 0
-        for i, (tensor, size) in enumerate(zip(tensor_list, sizes, strict=True)):
-            columns = matrix[:, offset : offset + size]
-            columns.copy_(jacobians[i].reshape(m, size))
-            # The .jac becomes a view of the matrix, so the original is freed right away: the
-            # peak memory stays near one copy of the Jacobian, and nothing is lost on failure.
-            jacobians[i] = columns.view(m, *tensor.shape)
-            set_jac(tensor, jacobians[i])
-            offset += size
+    # A .jac copied into the matrix becomes a view of it, so the original is freed right away:
+    # the peak memory stays near one copy of the Jacobian, and nothing is lost on failure.
+    _, matrix = to_matrix(jacobians, m, on_copy=lambda i, view: set_jac(tensor_list[i], view))
     del jacobians
-
     with torch.no_grad():
-        aggregation, weights = aggregate_with_weights(aggregator, matrix)
-    if aggregation.shape != (matrix.shape[1],):
-        raise ValueError(
-            f"`aggregator` must return a vector of shape [{matrix.shape[1]}], but "
-            f"{aggregator!r} returned shape {list(aggregation.shape)}."
-        )
-
-    gradients = []
-    offset = 0
-    for tensor, size in zip(tensor_list, sizes, strict=True):
-        gradient = aggregation[offset : offset + size].reshape(tensor.shape)
-        gradients.append(gradient.to(dtype=tensor.dtype, copy=True))
-        offset += size
+        update, weights, _, _ = aggregate_matrix(aggregator, matrix)
+    check_update(update, matrix, aggregator)
+    gradients = [
+        part.to(dtype=tensor.dtype, copy=True)
+        for part, tensor in zip(split_update(update, tensor_list), tensor_list, strict=True)
+    ]
     accumulate_grads(tensor_list, gradients)
     if not retain_jac:
         for tensor in tensor_list:
@@ -123,11 +95,13 @@ def jac_to_grad(
     return weights
 
 
-def _describe(value: object) -> str:
-    """The type of ``value``, or, for a class passed instead of an instance, how to fix it."""
-    if isinstance(value, type):
-        return f"the class {value.__name__} (pass an instance: {value.__name__}())"
-    return type(value).__name__
+def check_update(update: Tensor, matrix: Tensor, aggregator: Aggregator) -> None:
+    """Checks that ``aggregator`` returned a vector with one entry per column of ``matrix``."""
+    if update.shape != (matrix.shape[1],):
+        raise ValueError(
+            f"`aggregator` must return a vector of shape [{matrix.shape[1]}], but "
+            f"{aggregator!r} returned shape {list(update.shape)}."
+        )
 
 
 def _checked_jacobians(tensors: list[Tensor]) -> list[Tensor]:

@@ -4,26 +4,18 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 
-import torch
 from torch import Tensor
 
-from ._engine import (
-    accumulate_grads,
-    accumulate_jacs,
+from ._checks import (
     as_tensors,
-    check_accumulable,
-    check_jac_rows,
     check_multipliers,
     check_no_duplicates,
     check_outputs,
     check_parallel_chunk_size,
     check_require_grad,
-    compute_jacobians,
-    get_jac,
-    leaves_in_order_of_first_use,
-    own,
-    storage_keys,
 )
+from ._jac_fields import accumulate_grads, accumulate_jacs, check_jac_rows, get_jac
+from ._multi_task import compute_multi_task, resolve_params
 
 
 def mtl_backward(
@@ -99,93 +91,18 @@ def mtl_backward(
                 )
     check_parallel_chunk_size(parallel_chunk_size)
 
-    direct_leaves: list[list[Tensor]] = []
-    reaches_features = False
-    for loss in losses:
-        leaves, reached = leaves_in_order_of_first_use([loss], stop_at=feature_list)
-        direct_leaves.append(leaves)
-        reaches_features = reaches_features or any(reached)
-    if not reaches_features:
-        raise ValueError(
-            "`features` must be used to compute the losses `tensors`, but no loss depends on "
-            "any of them."
-        )
-
-    if shared_params is None:
-        shared, _ = leaves_in_order_of_first_use(feature_list)
-    else:
-        shared = as_tensors(shared_params, "shared_params")
-        check_accumulable(shared, "shared_params")
-        check_no_duplicates(shared, "shared_params")
-    shared_ids = {id(param) for param in shared}
-    for i, leaves in enumerate(direct_leaves):
-        if any(id(leaf) in shared_ids for leaf in leaves):
-            raise ValueError(
-                f"`features` must carry every dependence of the losses on the shared parameters, "
-                f"but loss {i} of `tensors` uses a shared parameter other than through `features`."
-            )
-
-    if tasks_params is None:
-        tasks = [
-            [leaf for leaf in leaves if id(leaf) not in shared_ids] for leaves in direct_leaves
-        ]
-    else:
-        if isinstance(tasks_params, Tensor) or not isinstance(tasks_params, Iterable):
-            raise TypeError(
-                "`tasks_params` must be a sequence of iterables of parameters, one per loss, but "
-                f"got {type(tasks_params).__name__}."
-            )
-        task_list = list(tasks_params)
-        if len(task_list) != len(losses):
-            raise ValueError(
-                f"`tasks_params` must contain one iterable of parameters per loss ({len(losses)}), "
-                f"but got {len(task_list)}."
-            )
-        tasks = [as_tensors(params, "tasks_params") for params in task_list]
-        for params in tasks:
-            check_accumulable(params, "tasks_params")
-            check_no_duplicates(params, "tasks_params")
-            for param in params:
-                if id(param) in shared_ids:
-                    raise ValueError(
-                        "`tasks_params` and `shared_params` must not overlap, but a parameter of "
-                        f"shape {list(param.shape)} is in both."
-                    )
-    check_jac_rows(shared, len(losses), "shared_params")
-
-    protected = storage_keys(multipliers or [])
-    task_grads: list[list[Tensor | None]] = []
-    feature_grads: list[list[Tensor]] = [[] for _ in feature_list]
-    for i, (loss, params) in enumerate(zip(losses, tasks, strict=True)):
-        grads: Sequence[Tensor | None] = torch.autograd.grad(
-            loss,
-            [*params, *feature_list],
-            grad_outputs=None if multipliers is None else multipliers[i],
-            retain_graph=True,
-            allow_unused=True,
-        )
-        task_grads.append([None if g is None else own(g, protected) for g in grads[: len(params)]])
-        for grads_of_feature, feature, grad in zip(
-            feature_grads, feature_list, grads[len(params) :], strict=True
-        ):
-            grads_of_feature.append(torch.zeros_like(feature) if grad is None else grad)
-    jac_features = [torch.stack(grads) for grads in feature_grads]
-    del feature_grads
-
-    jacobians = (
-        compute_jacobians(
-            feature_list,
-            shared,
-            jac_features,
-            retain_graph,
-            parallel_chunk_size,
-            shared_buffer=all(get_jac(param) is None for param in shared),
-        )
-        if shared
-        else []
+    params = resolve_params(losses, feature_list, tasks_params, shared_params)
+    check_jac_rows(params.shared, len(losses), "shared_params")
+    task_grads, jacobians = compute_multi_task(
+        losses,
+        feature_list,
+        multipliers,
+        params,
+        retain_graph,
+        parallel_chunk_size,
+        shared_buffer=all(get_jac(param) is None for param in params.shared),
     )
-    del jac_features
-    for params, grads in zip(tasks, task_grads, strict=True):
-        used = [(p, g) for p, g in zip(params, grads, strict=True) if g is not None]
+    for own_params, grads in zip(params.tasks, task_grads, strict=True):
+        used = [(p, g) for p, g in zip(own_params, grads, strict=True) if g is not None]
         accumulate_grads([p for p, _ in used], [g for _, g in used])
-    accumulate_jacs(shared, jacobians)
+    accumulate_jacs(params.shared, jacobians)

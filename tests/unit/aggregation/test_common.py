@@ -30,7 +30,6 @@ from jdoptim.aggregation import (
     NonDifferentiableError,
     Weighting,
 )
-from jdoptim.aggregation._weights import aggregate_with_weights
 
 DIFFERENTIABLE_CASES = [case for case in ALL_CASES if class_name(case) not in NON_DIFFERENTIABLE]
 NON_DIFFERENTIABLE_CASES = [case for case in ALL_CASES if class_name(case) in NON_DIFFERENTIABLE]
@@ -376,17 +375,18 @@ def test_matrix_without_rows_gives_zeros_or_a_value_error(case: AggregatorCase) 
         assert torch.equal(output, torch.zeros(3))
 
 
-# --- aggregate_with_weights --------------------------------------------------------------------
+# --- aggregate --------------------------------------------------------------------
 
 
 @pytest.mark.parametrize("case", params(WEIGHTED_CASES))
-def test_aggregate_with_weights_returns_the_weights(case: AggregatorCase) -> None:
+def test_aggregate_returns_the_weights(case: AggregatorCase) -> None:
     matrix = _matrix()
     aggregator = case(4)
     torch.manual_seed(0)
-    output, weights = aggregate_with_weights(aggregator, matrix)
-    assert weights is not None
+    output, weights, gramian = aggregator.aggregate(matrix)
+    assert weights is not None and gramian is not None
     assert not weights.requires_grad
+    torch.testing.assert_close(gramian, matrix @ matrix.T)
     torch.manual_seed(0)
     torch.testing.assert_close(weights, _weighting(case(4))(matrix @ matrix.T))
     torch.testing.assert_close(output, _aggregate(case, matrix))
@@ -394,16 +394,16 @@ def test_aggregate_with_weights_returns_the_weights(case: AggregatorCase) -> Non
 
 
 @pytest.mark.parametrize("case", params(UNWEIGHTED_CASES))
-def test_aggregate_with_weights_returns_none_for_unweighted(case: AggregatorCase) -> None:
+def test_aggregate_returns_none_for_unweighted(case: AggregatorCase) -> None:
     matrix = _matrix()
     torch.manual_seed(0)
-    output, weights = aggregate_with_weights(case(4), matrix)
-    assert weights is None
+    output, weights, gramian = case(4).aggregate(matrix)
+    assert weights is None and gramian is None
     torch.testing.assert_close(output, _aggregate(case, matrix))
 
 
 @pytest.mark.parametrize("case", params(ALL_CASES))
-def test_aggregate_with_weights_fires_user_hooks_and_cleans_up(case: AggregatorCase) -> None:
+def test_aggregate_fires_user_hooks_and_cleans_up(case: AggregatorCase) -> None:
     aggregator = case(4)
     calls: list[str] = []
     aggregator.register_forward_hook(lambda module, args, output: calls.append("aggregator"))
@@ -417,8 +417,8 @@ def test_aggregate_with_weights_fires_user_hooks_and_cleans_up(case: AggregatorC
         else 0
     )
 
-    aggregate_with_weights(aggregator, _matrix())
-    aggregate_with_weights(aggregator, _matrix(seed=1))
+    aggregator.aggregate(_matrix())
+    aggregator.aggregate(_matrix(seed=1))
 
     if isinstance(aggregator, GramianWeightedAggregator):
         assert calls == ["weighting", "aggregator"] * 2
@@ -427,10 +427,10 @@ def test_aggregate_with_weights_fires_user_hooks_and_cleans_up(case: AggregatorC
         assert calls == ["aggregator"] * 2
 
 
-def test_aggregate_with_weights_does_not_swallow_errors() -> None:
+def test_aggregate_does_not_swallow_errors() -> None:
     aggregator = CONSTANT(3)
     with pytest.raises(ValueError, match="`weights`"):
-        aggregate_with_weights(aggregator, _matrix())
+        aggregator.aggregate(_matrix())
     assert len(_weighting(aggregator)._forward_hooks) == 0
 
 

@@ -38,7 +38,6 @@ from hypothesis import given, note, settings
 from hypothesis import strategies as st
 from torch import Tensor
 
-from jdoptim.aggregation._weights import aggregate_with_weights
 
 #: Defaults of SPEC §2, which the aggregators under test are built with.
 NORM_EPS = 1e-4
@@ -121,7 +120,7 @@ def _dual_cone_tolerance(matrix: Tensor, weights: Tensor) -> Tensor:
 @pytest.mark.parametrize("case", params([UPGRAD, UPGRAD_QUADPROG, DUALPROJ, DUALPROJ_QUADPROG]))
 @given(matrix=matrices())
 def test_dual_cone_aggregators_are_non_conflicting(case: AggregatorCase, matrix: Tensor) -> None:
-    output, weights = aggregate_with_weights(case(matrix.shape[0]), matrix)
+    output, weights, _ = case(matrix.shape[0]).aggregate(matrix)
     assert weights is not None
     products = matrix.double() @ output.double()
     tolerance = _dual_cone_tolerance(matrix, weights)

@@ -255,3 +255,17 @@ def test_float32_modules_replayed_through_torch_func(batch_dim: int | None) -> N
     gramian = engine.compute_gramian(losses)
     expected = explicit_gramian(losses, trainable(model))
     torch.testing.assert_close(gramian, expected, rtol=1e-4, atol=1e-4 * expected.abs().max())
+
+
+def test_parameters_lists_each_parameter_of_the_modules_once() -> None:
+    shared = torch.nn.Linear(3, 3)
+    model = torch.nn.Sequential(shared, torch.nn.ReLU(), shared, torch.nn.Linear(3, 1))
+    engine = Engine(model, batch_dim=0)
+    assert [id(p) for p in engine.parameters()] == [id(p) for p in model.parameters()]
+    second = Engine(model[3], shared, batch_dim=None)
+    assert [id(p) for p in second.parameters()] == [
+        id(model[3].weight),
+        id(model[3].bias),
+        id(shared.weight),
+        id(shared.bias),
+    ]

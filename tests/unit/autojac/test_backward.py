@@ -8,7 +8,7 @@ from _autojac_reference import SharedSubmodule, cnn, explicit_jacobians, mlp
 from torch import Tensor, nn
 
 from jdoptim.autojac import backward
-from jdoptim.autojac._engine import leaves_in_order_of_first_use
+from jdoptim.autojac._graph import leaves_in_order_of_first_use
 
 CHUNK_SIZES = [None, 1, 3]
 

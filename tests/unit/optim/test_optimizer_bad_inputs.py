@@ -262,3 +262,48 @@ def test_wrapping_a_jacobian_optimizer_is_refused() -> None:
     opt = JacobianOptimizer(torch.optim.SGD(model.parameters(), lr=0.1))
     with pytest.raises(TypeError, match="`optimizer`"):
         JacobianOptimizer(opt)
+
+
+@pytest.mark.parametrize("process_group", ["nccl", 0, object()])
+def test_process_group_of_the_wrong_type_is_refused_at_construction(process_group) -> None:
+    model = make_model()
+    with pytest.raises(TypeError, match="`process_group` must be None or a"):
+        JacobianOptimizer(torch.optim.SGD(model.parameters(), lr=0.1), process_group=process_group)
+
+
+def test_non_finite_error_says_which_group_and_what_was_found() -> None:
+    model = make_model()
+    opt = JacobianOptimizer(
+        torch.optim.SGD(
+            [{"params": model[0].parameters()}, {"params": model[2].parameters()}], lr=0.1
+        ),
+        Mean(),
+    )
+    x, y = inputs()
+    losses = ((model(x) - y) ** 2).mean(dim=0)
+    with pytest.raises(ValueError, match=r"parameter group 0 \(NaN\), parameter group 1 \(NaN\)"):
+        opt.step(losses * float("nan"))
+    model[2].weight.grad = torch.full_like(model[2].weight, float("inf"))
+    with pytest.raises(ValueError, match=r"group 1 \(inf\) are not finite") as raised:
+        opt.step()
+    assert "a loss that is itself NaN or inf" in str(raised.value)
+    assert "GradScaler" in str(raised.value)
+
+
+def test_losses_on_the_meta_device_are_refused_up_front() -> None:
+    model = make_model()
+    opt = JacobianOptimizer(torch.optim.SGD(model.parameters(), lr=0.1))
+    meta = torch.empty(3, device="meta", requires_grad=True) * 2
+    with pytest.raises(ValueError, match="meta device"):
+        opt.backward(meta)
+
+
+def test_losses_on_another_device_than_the_parameters_are_refused() -> None:
+    model = make_model().to("meta")
+    opt = JacobianOptimizer(torch.optim.SGD(model.parameters(), lr=0.1))
+    x, y = inputs()
+    losses = ((make_model()(x) - y) ** 2).mean(dim=0)
+    with pytest.raises(
+        ValueError, match=r"`losses` must be on the device of the parameters \(meta\)"
+    ):
+        opt.backward(losses)

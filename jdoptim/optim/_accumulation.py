@@ -1,0 +1,56 @@
+"""Gradient accumulation: Jacobians of micro-batches summed in ``.jac``, aggregated once.
+
+``backward(losses, aggregate=False)`` plans Jacobians for ``.jac`` (the modes do that) and
+:func:`check_rows` keeps the micro-batches consistent; :func:`plan_accumulated` then aggregates
+what was accumulated, like one ``jac_to_grad`` per group.
+"""
+
+from __future__ import annotations
+
+from torch import Tensor
+
+from ..autojac._jac_fields import get_jac
+from ..autojac._matrix import to_matrix
+from ._context import Context
+from ._groups import Block, aggregate_blocks
+from ._plan import Plan
+
+
+def check_rows(jacs: list[tuple[Tensor, Tensor]]) -> None:
+    """Checks that the new Jacobians have as many rows as those already accumulated."""
+    for param, jacobian in jacs:
+        existing = get_jac(param)
+        if existing is not None and existing.shape != jacobian.shape:
+            raise ValueError(
+                "`losses` must give as many objectives in every micro-batch of a gradient "
+                f"accumulation, but a parameter of shape {list(param.shape)} already holds the "
+                f"Jacobian of {existing.shape[0]} objectives and these losses give "
+                f"{jacobian.shape[0]}. Call `opt.aggregate()` (or `opt.zero_grad()`) first."
+            )
+
+
+def plan_accumulated(context: Context) -> Plan:
+    """Aggregates the accumulated ``.jac`` of each group into ``.grad`` and clears it."""
+    blocks = [
+        Block(i, [p for p in params if get_jac(p) is not None], context.aggregators[i])
+        for i, params in enumerate(context.groups)
+    ]
+    params = [p for block in blocks for p in block.params]
+    if not params:
+        raise ValueError(
+            "`aggregate` found no accumulated Jacobian: call `opt.backward(losses, "
+            "aggregate=False)` on each micro-batch first."
+        )
+    jacobians = [get_jac(p) for p in params]
+    present = [j for j in jacobians if j is not None]
+    buffer, matrix = to_matrix(present, present[0].shape[0])
+    del jacobians, present
+    if context.sync.active:
+        # Reduced in a copy: the accumulated .jac stay as they were if anything fails later.
+        buffer = buffer.clone()
+        matrix = buffer.view(matrix.shape)
+        context.sync.all_reduce(buffer)
+    with context.sync.same_randomness(matrix.device):
+        plan = aggregate_blocks(blocks, matrix, len(context.groups), context.record_gramians)
+    plan.clear_jacs = params
+    return plan

@@ -1,0 +1,106 @@
+"""Gramian mode: weights from the Gramian of the losses (``autogram``), one weighted backward."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+from typing import Protocol
+
+import torch
+from torch import Tensor
+
+from .._generalized_gramian import to_square
+from ..aggregation import Flattening, GeneralizedWeighting, Weighting
+from ._jacobian_mode import NO_PARAMETER, used_leaves
+from ._plan import Plan
+
+
+class GramianEngine(Protocol):
+    """What Gramian mode needs of an engine (:class:`jdoptim.autogram.Engine` has it)."""
+
+    batch_dim: int | None
+
+    def compute_gramian(self, output: Tensor, /) -> Tensor: ...
+
+    def parameters(self) -> Iterable[Tensor]: ...
+
+
+def stack_losses(losses: list[Tensor]) -> Tensor:
+    """One tensor of losses: a tensor as it is; several of one shape stacked; else concatenated."""
+    if len(losses) == 1:
+        return losses[0]
+    if all(loss.shape == losses[0].shape for loss in losses):
+        return torch.stack(losses)
+    return torch.cat([loss.reshape(-1) for loss in losses])
+
+
+def plan_gramian(
+    engine: GramianEngine,
+    weighting: Weighting | GeneralizedWeighting,
+    groups: list[list[Tensor]],
+    losses: list[Tensor],
+    retain_graph: bool,
+) -> Plan:
+    """Weights ``W(G)`` of the Gramian of the losses; the plan's backward writes ``Jᵀ w``."""
+    output = stack_losses(losses)
+    batch_dim = engine.batch_dim
+    # Checked before a scalar loss becomes a vector of one loss: a mean-reduced loss has no
+    # batch dimension.
+    if batch_dim is not None and not -output.dim() <= batch_dim < output.dim():
+        raise ValueError(
+            f"`losses` must have the dimension `batch_dim={batch_dim}` of the engine, but the "
+            f"losses have shape {list(output.shape)}. Pass losses with a batch dimension (e.g. "
+            "reduction='none') or build the engine with batch_dim=None."
+        )
+    if output.dim() == 0:
+        output = output.reshape(1)
+    used = used_leaves([output])
+    inputs = [p for params in groups for p in params if id(p) in used]
+    if not inputs:
+        raise ValueError(NO_PARAMETER)
+    gramian = engine.compute_gramian(output)
+    if not isinstance(weighting, GeneralizedWeighting) and output.dim() > 1:
+        weighting = Flattening(weighting)
+    known_finite = bool(torch.isfinite(gramian).all())
+    if known_finite:
+        weights = weighting(gramian).detach()
+        known_finite = bool(torch.isfinite(weights).all())
+    else:
+        weights = torch.full_like(output, math.nan)
+    if weights.shape != output.shape:
+        raise ValueError(
+            f"`weighting` must return weights of the shape of the losses {list(output.shape)}, "
+            f"but returned shape {list(weights.shape)}."
+        )
+    weights = weights.to(output.dtype)
+    square = to_square(gramian).detach()
+    # A finite Gramian only vouches for the gradients of the engine's own parameters (and not in
+    # float16, where Jᵀ w can still overflow): the others are checked by `step`.
+    covered = {id(p) for p in engine.parameters()}
+    known_finite = known_finite and all(
+        id(p) in covered and p.dtype != torch.float16 for p in inputs
+    )
+
+    def weighted_backward() -> None:
+        # Accumulate out of place, so that the previous .grad tensors stay intact.
+        previous = [(p, p.grad) for p in inputs if p.grad is not None]
+        for param, _ in previous:
+            param.grad = None
+        try:
+            torch.autograd.backward(
+                output, grad_tensors=weights, retain_graph=retain_graph, inputs=inputs
+            )
+        except BaseException:
+            for param in inputs:
+                param.grad = None
+            raise
+        finally:
+            for param, grad in previous:
+                param.grad = grad if param.grad is None else grad + param.grad
+
+    return Plan(
+        weights=tuple(weights for _ in groups),
+        gramians=tuple(square for _ in groups),
+        known_finite=known_finite,
+        backward=weighted_backward,
+    )

@@ -1,0 +1,72 @@
+"""Jacobian mode: the Jacobian of the losses with respect to every group, aggregated per group."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from torch import Tensor
+
+from ..autojac._checks import check_multipliers
+from ..autojac._graph import leaves_in_order_of_first_use
+from ..autojac._jacobian import compute_jacobians, number_of_rows
+from ..autojac._matrix import to_matrix
+from ._context import Context
+from ._groups import aggregate_blocks
+from ._plan import Plan
+
+NO_PARAMETER = (
+    "`losses` must depend on some parameter of the optimizer that requires grad, but they depend "
+    "on none of them."
+)
+
+
+def plan_jacobian(
+    context: Context,
+    losses: list[Tensor],
+    grad_tensors: Tensor | Sequence[Tensor] | None,
+    retain_graph: bool,
+    aggregate: bool,
+) -> Plan:
+    """The plan of ``autojac.backward`` over the optimizer's parameters then, when
+    ``aggregate``, ``jac_to_grad`` per group; otherwise the Jacobians go to ``.jac``."""
+    jac_outputs = rows_of_grad_tensors(losses, grad_tensors)
+    # With a process group every parameter gets a Jacobian (zero where unused), so that all
+    # ranks share the layout of the reduced buffer.
+    used = None if context.sync.active else used_leaves(losses)
+    blocks = context.blocks(used)
+    inputs = [p for block in blocks for p in block.params]
+    if not inputs:
+        raise ValueError(NO_PARAMETER)
+    jacobians = compute_jacobians(
+        losses, inputs, jac_outputs, retain_graph, context.parallel_chunk_size, shared_buffer=True
+    )
+    if not aggregate:
+        return Plan(jacs=list(zip(inputs, jacobians, strict=True)))
+    m = number_of_rows(losses, jac_outputs)
+    buffer, matrix = to_matrix(jacobians, m)
+    del jacobians
+    context.sync.all_reduce(buffer)
+    with context.sync.same_randomness(matrix.device):
+        return aggregate_blocks(blocks, matrix, len(context.groups), context.record_gramians)
+
+
+def used_leaves(roots: list[Tensor]) -> set[int]:
+    """The ids of the leaves requiring grad from which ``roots`` are computed."""
+    leaves, _ = leaves_in_order_of_first_use(roots)
+    return {id(leaf) for leaf in leaves}
+
+
+def rows_of_grad_tensors(
+    losses: list[Tensor], grad_tensors: Tensor | Sequence[Tensor] | None
+) -> list[Tensor] | None:
+    """``jac_outputs`` giving one row per loss: row i is ``grad_tensors[i]`` on loss i."""
+    if grad_tensors is None:
+        return None
+    values = check_multipliers(grad_tensors, losses, "grad_tensors", leading_dim=False)
+    assert values is not None
+    rows = []
+    for i, (value, loss) in enumerate(zip(values, losses, strict=True)):
+        row = loss.new_zeros((len(losses), *loss.shape))
+        row[i] = value.detach().to(loss.dtype)
+        rows.append(row)
+    return rows

@@ -1,0 +1,658 @@
+"""``JacobianOptimizer``: the ``torch.optim.Optimizer`` contract, argument checks and dispatch.
+
+The work of each mode is in its own module (``_jacobian_mode``, ``_multi_task_mode``,
+``_gramian_mode``, ``_accumulation``): each computes a :class:`~._plan.Plan` and writes nothing;
+this class runs it inside a :class:`~._transaction.Transaction` and writes it.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Callable, Sequence
+from typing import Any, cast
+
+import torch
+from torch import Tensor, nn
+from torch.optim import Optimizer
+
+from ..aggregation import Aggregator, GeneralizedWeighting, Weighting
+from ..autojac._aggregate import all_finite
+from ..autojac._checks import check_parallel_chunk_size
+from ..autojac._jac_fields import delete_jac, get_jac
+from ._accumulation import check_rows, plan_accumulated
+from ._checks import (
+    as_losses,
+    check_aggregator,
+    check_devices,
+    check_disjoint,
+    check_process_group,
+    detached_sum,
+    requires_grad,
+)
+from ._context import Context
+from ._diagnostics import GroupDiagnostics, diagnose
+from ._distributed import Sync
+from ._errors import NonFiniteGradientError, non_finite_report
+from ._gramian_mode import GramianEngine, plan_gramian
+from ._jacobian_mode import plan_jacobian
+from ._multi_task_mode import plan_multi_task
+from ._plan import Plan, write
+from ._state import jdoptim_state, keep_aggregators_across_loads, load_jdoptim_state
+from ._torch_optimizer import VALIDATING_OPTIMIZERS, init_optimizer_internals, state_dict_hooks
+from ._transaction import Transaction
+
+Losses = Tensor | Sequence[Tensor]
+
+
+class _Runtime:
+    """Mutable per-step records, kept in one object so that every view of the optimizer shares
+    them (PyTorch Lightning wraps optimizers in objects that read, but do not write, our
+    attributes)."""
+
+    def __init__(self) -> None:
+        self.last_weights: tuple[Tensor | None, ...] = ()
+        self.gramians: tuple[Tensor | None, ...] = ()
+        # Whether everything the last backward wrote into .grad is known to be finite.
+        self.wrote_finite = False
+        # Whether Jacobians accumulated by backward(aggregate=False) await aggregate().
+        self.pending = False
+
+
+class JacobianOptimizer(Optimizer):
+    r"""Wraps a ``torch.optim`` optimizer so that it performs Jacobian descent.
+
+    One step with losses :math:`L = (L_1, \dots, L_m)` computes the Jacobian :math:`J` of
+    :math:`L` with respect to the parameters of each parameter group (``[m, N_g]``), turns it
+    into one update :math:`A(J)` with the group's aggregator (its ``"aggregator"`` key, else
+    ``aggregator``), accumulates :math:`A(J)` into ``.grad`` and calls the wrapped optimizer's
+    ``step``. With :class:`~jdoptim.aggregation.Mean` this is the gradient step of the mean
+    loss; with :class:`~jdoptim.aggregation.UPGrad` (the default) the update decreases every
+    loss to first order whenever that is possible.
+
+    The wrapper **is** a :class:`torch.optim.Optimizer`: ``param_groups``, ``state`` and
+    ``defaults`` are the wrapped optimizer's own objects, so LR schedulers, GradScaler and
+    PyTorch Lightning work on it. Modes: Jacobian mode (default), multi-task mode
+    (``backward(losses, features=...)``) and Gramian mode (``engine`` given); gradient
+    accumulation, mixed precision, distributed training and failure safety are described in
+    :doc:`/api/optimizer`.
+
+    Args:
+        optimizer: the optimizer to wrap (SGD, Adam, AdamW, LBFGS, custom ones). Its parameter
+            groups may carry an ``"aggregator"`` key.
+        aggregator: the aggregator of the groups without an ``"aggregator"`` key; ``None``
+            means :class:`~jdoptim.aggregation.UPGrad`.
+        weighting: Gramian mode only: the weighting applied to the Gramian; default
+            ``aggregator.gramian_weighting``.
+        engine: an :class:`jdoptim.autogram.Engine` over the model; selects Gramian mode.
+        parallel_chunk_size: rows of the Jacobian per vectorised backward pass (see
+            :func:`jdoptim.autojac.jac`); ``None`` means all at once.
+        process_group: a ``torch.distributed`` process group over which Jacobian mode averages
+            the Jacobian; ``None`` for one process.
+
+    Attributes:
+        record_gramians: when ``True``, groups whose aggregator is not Gramian-weighted also
+            record their Gramian (one extra :math:`J J^\top`) for :meth:`diagnostics`.
+
+    Example:
+        >>> import torch
+        >>> from jdoptim import JacobianOptimizer
+        >>> from jdoptim.aggregation import UPGrad
+        >>> _ = torch.manual_seed(0)
+        >>> model = torch.nn.Linear(3, 2)
+        >>> opt = JacobianOptimizer(torch.optim.SGD(model.parameters(), lr=0.1), UPGrad())
+        >>> x, y = torch.randn(8, 3), torch.randn(8, 2)
+        >>> def compute_losses():
+        ...     return ((model(x) - y) ** 2).mean(dim=0)  # one loss per output
+        >>> [round(loss, 2) for loss in compute_losses().tolist()]
+        [1.41, 1.84]
+        >>> for _ in range(20):
+        ...     opt.zero_grad()
+        ...     opt.step(compute_losses())
+        >>> [round(loss, 2) for loss in compute_losses().tolist()]
+        [0.74, 1.44]
+        >>> opt.last_weights[0].shape
+        torch.Size([2])
+    """
+
+    def __init__(
+        self,
+        optimizer: Optimizer,
+        aggregator: Aggregator | None = None,
+        *,
+        weighting: Weighting | GeneralizedWeighting | None = None,
+        engine: GramianEngine | None = None,
+        parallel_chunk_size: int | None = None,
+        process_group: Any = None,
+    ) -> None:
+        if isinstance(optimizer, JacobianOptimizer) or not isinstance(optimizer, Optimizer):
+            raise TypeError(
+                "`optimizer` must be a torch.optim.Optimizer (not a JacobianOptimizer), but got "
+                f"{type(optimizer).__name__}."
+            )
+        if aggregator is None:
+            from ..aggregation import UPGrad
+
+            aggregator = UPGrad()
+        check_aggregator(aggregator, "aggregator")
+        _check_gramian_mode(aggregator, weighting, engine)
+        check_parallel_chunk_size(parallel_chunk_size)
+        check_process_group(process_group)
+        self._inner = optimizer
+        self._aggregator = aggregator
+        self._weighting = weighting
+        self._engine = engine
+        self._parallel_chunk_size = parallel_chunk_size
+        self._sync = Sync(process_group)
+        self._runtime = _Runtime()
+        self.record_gramians = False
+        for index, group in enumerate(optimizer.param_groups):
+            self._check_group(group, f"`optimizer` parameter group {index}")
+        check_disjoint(optimizer.param_groups, "optimizer")
+        self._setup()
+
+    def _setup(self) -> None:
+        init_optimizer_internals(self)
+        keep_aggregators_across_loads(self._inner)
+
+    # -- the attributes of torch.optim.Optimizer are the wrapped optimizer's --------------------
+
+    @property
+    def param_groups(self) -> list[dict[str, Any]]:
+        """The wrapped optimizer's parameter groups (the same list)."""
+        return self._inner.param_groups
+
+    @param_groups.setter
+    def param_groups(self, value: list[dict[str, Any]]) -> None:
+        self._inner.param_groups = value
+
+    @property
+    def state(self) -> defaultdict[Tensor, Any]:
+        """The wrapped optimizer's per-parameter state (the same dict)."""
+        return self._inner.state
+
+    @state.setter
+    def state(self, value: defaultdict[Tensor, Any]) -> None:
+        self._inner.state = value
+
+    @property
+    def defaults(self) -> dict[str, Any]:
+        """The wrapped optimizer's defaults (the same dict)."""
+        return self._inner.defaults
+
+    @defaults.setter
+    def defaults(self, value: dict[str, Any]) -> None:
+        self._inner.defaults = value
+
+    @property
+    def optimizer(self) -> Optimizer:
+        """The wrapped optimizer."""
+        return self._inner
+
+    @property
+    def aggregator(self) -> Aggregator:
+        """The aggregator of the parameter groups without an ``"aggregator"`` key."""
+        return self._aggregator
+
+    @property
+    def last_weights(self) -> tuple[Tensor | None, ...]:
+        """The weights used by the last aggregation, one entry per parameter group.
+
+        ``None`` for a group whose aggregator is not weighted or that got no Jacobian; in
+        Gramian mode every group holds the same weights, of the shape of the losses.
+        """
+        return self._runtime.last_weights
+
+    # -- public API ------------------------------------------------------------------------------
+
+    def add_param_group(self, param_group: dict[str, Any]) -> None:
+        """Adds a parameter group to the wrapped optimizer.
+
+        The group may carry an ``"aggregator"`` key (an
+        :class:`~jdoptim.aggregation.Aggregator`) used for its Jacobian instead of the default
+        aggregator (not in Gramian mode, where one weighting serves all groups).
+        """
+        if not isinstance(param_group, dict):
+            raise TypeError(f"`param_group` must be a dict, but got {type(param_group).__name__}.")
+        self._check_group(param_group, "`param_group`")
+        params = param_group.get("params")
+        new = [params] if isinstance(params, Tensor) else list(params or [])
+        existing = {id(p) for group in self.param_groups for p in group["params"]}
+        if any(isinstance(p, Tensor) and id(p) in existing for p in new):
+            raise ValueError(
+                "`param_group` must contain parameters that are in no other group, but some of "
+                "its parameters already appear in another parameter group."
+            )
+        self._inner.add_param_group(param_group)
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        """Resets ``.grad`` (through the wrapped optimizer) and ``.jac`` of every parameter."""
+        self._inner.zero_grad(set_to_none)
+        for group in self.param_groups:
+            for param in group["params"]:
+                jacobian = get_jac(param)
+                if jacobian is None or set_to_none:
+                    delete_jac(param)
+                else:
+                    with torch.no_grad():
+                        jacobian.zero_()
+        self._runtime.pending = False
+
+    def step(  # type: ignore[override]
+        self,
+        losses: Losses | Callable[[], Any] | None = None,
+        /,
+        closure: Callable[[], Any] | None = None,
+        **backward_kwargs: Any,
+    ) -> Any:
+        """Performs one optimisation step.
+
+        - ``step(losses, **backward_kwargs)``: :meth:`backward` then the wrapped step;
+        - ``step()``: the wrapped step on the gradients already there (what
+          ``GradScaler.step(opt)`` calls);
+        - ``step(closure=closure)`` (or torch's ``step(closure)``): the wrapped step,
+          re-evaluating ``closure`` as often as it requires (LBFGS: several times). When the
+          closure returns tensors requiring grad (the losses), they are back-propagated by
+          :meth:`backward` (with ``backward_kwargs``) and their detached sum is returned to the
+          wrapped optimizer; when it returns ``None`` (or values not requiring grad), the
+          gradients it left are used as they are. As in torch, the closure should call
+          :meth:`zero_grad`.
+
+        If anything raises, the parameters, their ``.grad``, the wrapped optimizer's state and
+        the aggregators' state are as before the call.
+
+        Raises:
+            NonFiniteGradientError: some gradient is infinite or NaN (use a
+                :class:`torch.amp.GradScaler` to skip such steps instead). Nothing is changed.
+
+        Returns:
+            What the wrapped optimizer's ``step`` returns.
+        """
+        if callable(losses) and not isinstance(losses, Tensor) and closure is None:
+            # ``opt.step(closure)``: torch's positional closure, e.g. ``LBFGS``'s idiom.
+            losses, closure = None, losses
+        if "aggregate" in backward_kwargs:
+            raise ValueError(
+                "`aggregate` is not an argument of `step`: to accumulate Jacobians over "
+                "micro-batches, call `opt.backward(losses, aggregate=False)` on each, then "
+                "`opt.aggregate()` and `opt.step()`."
+            )
+        self._check_nothing_pending("step")
+        if closure is not None:
+            if losses is not None:
+                raise ValueError(
+                    "`losses` and `closure` cannot both be given: return the losses from the "
+                    "closure instead."
+                )
+            return self._step_with_closure(closure, backward_kwargs)
+        if losses is None:
+            if backward_kwargs:
+                raise TypeError(
+                    f"`step` got backward arguments {sorted(backward_kwargs)} but no `losses`."
+                )
+            with self._transaction():
+                self._check_finite_grads(known_finite=False)
+                return self._inner.step()
+        with self._transaction():
+            self._backward_and_check(losses, backward_kwargs)
+            return self._inner.step()
+
+    def backward(
+        self,
+        losses: Losses,
+        /,
+        *,
+        features: Tensor | Sequence[Tensor] | None = None,
+        grad_tensors: Tensor | Sequence[Tensor] | None = None,
+        retain_graph: bool = False,
+        aggregate: bool = True,
+    ) -> None:
+        """Accumulates the aggregated Jacobian of ``losses`` into the parameters' ``.grad``.
+
+        Args:
+            losses: a tensor or a sequence of tensors; every element is one objective (one
+                row of the Jacobian), unless ``grad_tensors`` is given.
+            features: multi-task mode: the shared representation(s) computed by the shared
+                parameters and used by the losses (Jacobian mode only). Every dependence of the
+                losses on the shared parameters must go through them.
+            grad_tensors: one tensor per loss, of that loss's shape: loss ``i`` then gives one
+                row, the gradient of ``(grad_tensors[i] * losses[i]).sum()`` (like
+                ``torch.autograd.backward``). Jacobian mode only.
+            retain_graph: keep the graph for another backward pass.
+            aggregate: ``False`` accumulates the Jacobian into ``.jac`` instead (gradient
+                accumulation; see :doc:`/examples/gradient_accumulation`): call
+                :meth:`aggregate` once after the last micro-batch. Not in Gramian mode.
+
+        The weights used are then in :attr:`last_weights`. Nothing is written when an error
+        is raised; a non-finite Jacobian writes NaN gradients (so that a GradScaler skips the
+        step). Two calls with ``aggregate=True`` before one step add two aggregated updates,
+        :math:`A(J_1) + A(J_2)`, which for a non-linear aggregator is not :math:`A(J_1 + J_2)`.
+        """
+        if not isinstance(retain_graph, bool):
+            raise TypeError(f"`retain_graph` must be a bool, but got {retain_graph!r}.")
+        if not isinstance(aggregate, bool):
+            raise TypeError(f"`aggregate` must be a bool, but got {aggregate!r}.")
+        if aggregate:
+            self._check_nothing_pending("backward")
+        with self._transaction():
+            plan = self._plan(losses, features, grad_tensors, retain_graph, aggregate)
+            write(plan)
+        self._record(plan)
+        if not aggregate:
+            self._runtime.pending = True
+
+    def aggregate(self) -> None:
+        """Aggregates the Jacobians accumulated by ``backward(..., aggregate=False)``.
+
+        Each parameter group's accumulated ``.jac`` is aggregated by the group's aggregator and
+        added to ``.grad`` (with ``process_group``, after one all-reduce), then the ``.jac`` are
+        deleted. Call it before ``scaler.unscale_``, gradient clipping and :meth:`step`, so
+        that they all see the aggregated ``.grad``. See :doc:`/examples/gradient_accumulation`.
+
+        Example:
+            >>> import torch
+            >>> from jdoptim import JacobianOptimizer
+            >>> from jdoptim.aggregation import Mean
+            >>> weight = torch.nn.Parameter(torch.tensor([1.0, 2.0]))
+            >>> opt = JacobianOptimizer(torch.optim.SGD([weight], lr=0.1), Mean())
+            >>> for x in (torch.tensor([1.0, 0.0]), torch.tensor([0.0, 1.0])):  # 2 micro-batches
+            ...     losses = torch.stack([(weight * x).sum(), weight.sum()]) / 2
+            ...     opt.backward(losses, aggregate=False)
+            >>> weight.jac
+            tensor([[0.5000, 0.5000],
+                    [1.0000, 1.0000]])
+            >>> opt.aggregate()
+            >>> weight.grad
+            tensor([0.7500, 0.7500])
+        """
+        if self._engine is not None:
+            raise ValueError(
+                "`aggregate` is not available in Gramian mode (with `engine`): gradient "
+                "accumulation of Jacobians needs Jacobian mode."
+            )
+        with self._transaction():
+            plan = plan_accumulated(self._context())
+            write(plan)
+        self._record(plan)
+        self._runtime.pending = False
+
+    def diagnostics(self) -> tuple[GroupDiagnostics | None, ...]:
+        """Conflict diagnostics of the last aggregation, one entry per parameter group.
+
+        Computed on request from the Gramians recorded during :meth:`backward` (recorded for
+        free by Gramian-weighted aggregators and in Gramian mode; other aggregators record one
+        only when :attr:`record_gramians` is set). ``None`` for groups without a Gramian.
+
+        Example:
+            >>> import torch
+            >>> from jdoptim import JacobianOptimizer
+            >>> from jdoptim.aggregation import UPGrad
+            >>> weight = torch.nn.Parameter(torch.tensor([1.0, 1.0]))
+            >>> opt = JacobianOptimizer(torch.optim.SGD([weight], lr=0.1), UPGrad())
+            >>> opt.backward([weight[0] - weight[1], weight[1] - weight[0], weight.sum()])
+            >>> (diagnostics,) = opt.diagnostics()
+            >>> diagnostics.n_conflicting_pairs
+            1
+            >>> diagnostics.cosine_similarities
+            tensor([[ 1., -1.,  0.],
+                    [-1.,  1.,  0.],
+                    [ 0.,  0.,  1.]])
+        """
+        return tuple(
+            None if gramian is None else diagnose(gramian) for gramian in self._runtime.gramians
+        )
+
+    def state_dict(self) -> dict[str, Any]:
+        """The wrapped optimizer's state dict plus the state of the aggregators and weighting.
+
+        Made only of tensors, numbers, strings and containers, so that
+        ``torch.load(path, weights_only=True)`` reads it back. Aggregators are not saved in the
+        parameter groups; their state (e.g. the weights of
+        :class:`~jdoptim.aggregation.NashMTL`) is under the key ``"jdoptim"``.
+        """
+        for pre_hook in state_dict_hooks(self, "state_dict_pre"):
+            pre_hook(self)
+        state_dict: dict[str, Any] = dict(self._inner.state_dict())
+        state_dict["jdoptim"] = jdoptim_state(
+            self._aggregator, self._weighting, self.param_groups, self._sync
+        )
+        for post_hook in state_dict_hooks(self, "state_dict_post"):
+            result = post_hook(self, state_dict)
+            if result is not None:
+                state_dict = result
+        return state_dict
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Loads a state dict made by :meth:`state_dict` (or by the wrapped optimizer).
+
+        The aggregators stay the current objects (so hooks registered on them stay); their
+        state is loaded from the ``"jdoptim"`` entry when present. On error nothing changes.
+        """
+        if not isinstance(state_dict, dict):
+            raise TypeError(f"`state_dict` must be a dict, but got {type(state_dict).__name__}.")
+        state_dict = dict(state_dict)
+        for pre_hook in state_dict_hooks(self, "load_state_dict_pre"):
+            result = pre_hook(self, state_dict)
+            if result is not None:
+                state_dict = result
+        extra = state_dict.pop("jdoptim", None)
+        with self._transaction(inner_state=True):
+            self._inner.load_state_dict(state_dict)
+            if extra is not None:
+                load_jdoptim_state(
+                    extra, self._aggregator, self._weighting, self.param_groups, self._sync
+                )
+        for post_hook in state_dict_hooks(self, "load_state_dict_post"):
+            post_hook(self)
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {
+            "_inner": self._inner,
+            "_aggregator": self._aggregator,
+            "_weighting": self._weighting,
+            "_engine": self._engine,
+            "_parallel_chunk_size": self._parallel_chunk_size,
+            "_sync": self._sync,
+            "record_gramians": self.record_gramians,
+        }
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._runtime = _Runtime()
+        self._setup()
+
+    def __repr__(self) -> str:
+        inner = "\n    ".join(repr(self._inner).splitlines())
+        parts = [inner, f"aggregator={self._aggregator!r}"]
+        if self._engine is not None:
+            parts.append(f"weighting={self._gramian_weighting()!r}")
+            parts.append(f"engine={self._engine!r}")
+        return "JacobianOptimizer(\n    " + ",\n    ".join(parts) + "\n)"
+
+    # -- dispatch ---------------------------------------------------------------------------------
+
+    def _plan(
+        self,
+        losses: Losses,
+        features: Tensor | Sequence[Tensor] | None,
+        grad_tensors: Tensor | Sequence[Tensor] | None,
+        retain_graph: bool,
+        aggregate: bool,
+    ) -> Plan:
+        loss_list = as_losses(losses)
+        context = self._context()
+        check_devices(loss_list, context.params)
+        if self._engine is not None:
+            if features is not None or grad_tensors is not None or not aggregate:
+                name = (
+                    "features"
+                    if features is not None
+                    else ("grad_tensors" if grad_tensors is not None else "aggregate=False")
+                )
+                raise ValueError(
+                    f"`{name}` is not supported in Gramian mode (with `engine`); drop it or use "
+                    "Jacobian mode."
+                )
+            return plan_gramian(
+                self._engine, self._gramian_weighting(), context.groups, loss_list, retain_graph
+            )
+        if features is None:
+            plan = plan_jacobian(context, loss_list, grad_tensors, retain_graph, aggregate)
+        else:
+            plan = plan_multi_task(
+                context, loss_list, features, grad_tensors, retain_graph, aggregate
+            )
+        check_rows(plan.jacs)
+        return plan
+
+    def _context(self) -> Context:
+        groups: list[list[Tensor]] = []
+        for group in self.param_groups:
+            groups.append([p for p in group["params"] if p.requires_grad])
+        check_disjoint(self.param_groups, "optimizer")
+        return Context(
+            groups=groups,
+            aggregators=[
+                cast(Aggregator, group.get("aggregator", self._aggregator))
+                for group in self.param_groups
+            ],
+            keyed=["aggregator" in group for group in self.param_groups],
+            parallel_chunk_size=self._parallel_chunk_size,
+            sync=self._sync,
+            record_gramians=self.record_gramians,
+        )
+
+    def _record(self, plan: Plan) -> None:
+        if plan.weights or plan.gramians:
+            self._runtime.last_weights = plan.weights
+            self._runtime.gramians = plan.gramians
+        self._runtime.wrote_finite = plan.known_finite and not plan.jacs
+
+    def _gramian_weighting(self) -> Weighting | GeneralizedWeighting:
+        if self._weighting is not None:
+            return self._weighting
+        return cast(Weighting, getattr(self._aggregator, "gramian_weighting"))  # noqa: B009
+
+    # -- transactions and checks ------------------------------------------------------------------
+
+    def _stateful_modules(self) -> list[nn.Module]:
+        modules: list[nn.Module] = [self._aggregator]
+        if self._weighting is not None:
+            modules.append(self._weighting)
+        for group in self.param_groups:
+            aggregator = group.get("aggregator")
+            if aggregator is not None and all(aggregator is not m for m in modules):
+                modules.append(aggregator)
+        return modules
+
+    def _transaction(self, *, params: bool = False, inner_state: bool = False) -> Transaction:
+        return Transaction(
+            self._inner,
+            self._stateful_modules(),
+            self._sync.shared_random,
+            params=params,
+            inner_state=inner_state,
+        )
+
+    def _backward_and_check(self, losses: Any, backward_kwargs: dict[str, Any]) -> None:
+        """:meth:`backward`, then refuses non-finite gradients (the caller's transaction undoes
+        the backward). When every ``.grad`` was None before and the backward knows that what it
+        wrote is finite (it saw finite Gramians and weights), no pass over the gradients is
+        needed."""
+        fresh = all(p.grad is None for group in self.param_groups for p in group["params"])
+        self.backward(losses, **backward_kwargs)
+        self._check_finite_grads(known_finite=fresh and self._runtime.wrote_finite)
+
+    def _check_finite_grads(self, known_finite: bool) -> None:
+        if known_finite:
+            return
+        grads = [
+            p.grad for group in self.param_groups for p in group["params"] if p.grad is not None
+        ]
+        if all_finite(grads):
+            return
+        report = non_finite_report(self.param_groups)
+        raise NonFiniteGradientError(report or "The gradients hold inf or NaN values.")
+
+    def _check_nothing_pending(self, name: str) -> None:
+        if self._runtime.pending:
+            raise ValueError(
+                f"`{name}` was called while Jacobians accumulated by `backward(..., "
+                "aggregate=False)` await aggregation: call `opt.aggregate()` first (or "
+                "`opt.zero_grad()` to drop them)."
+            )
+
+    def _check_group(self, group: dict[str, Any], where: str) -> None:
+        if "aggregator" not in group:
+            return
+        check_aggregator(group["aggregator"], f"{where}'s 'aggregator'")
+        if self._engine is not None:
+            raise ValueError(
+                f"{where} has an 'aggregator' key, but in Gramian mode (with `engine`) one "
+                "weighting serves all groups: remove the key or use Jacobian mode."
+            )
+
+    # -- closures ---------------------------------------------------------------------------------
+
+    def _step_with_closure(
+        self, closure: Callable[[], Any], backward_kwargs: dict[str, Any]
+    ) -> Any:
+        if not callable(closure):
+            raise TypeError(f"`closure` must be callable, but got {type(closure).__name__}.")
+
+        def evaluate() -> Any:
+            with torch.enable_grad():
+                result = closure()
+            if requires_grad(result):
+                try:
+                    self._backward_and_check(result, backward_kwargs)
+                except RuntimeError as error:
+                    if "second time" not in str(error):
+                        raise
+                    raise RuntimeError(
+                        "`closure` returned losses whose graph was already freed, e.g. by "
+                        "`loss.backward()` inside the closure. With JacobianOptimizer, return the "
+                        "losses without back-propagating them (the step back-propagates them by "
+                        "Jacobian descent), or call `opt.backward(losses)` in the closure and "
+                        "return detached values or None."
+                    ) from error
+                return detached_sum(as_losses(result))
+            self._check_finite_grads(known_finite=False)
+            return result
+
+        # Torch's other optimizers evaluate the closure once, first: only LBFGS and unknown
+        # optimizers may re-run it after changing the parameters, so only they need a copy.
+        once = type(self._inner) in VALIDATING_OPTIMIZERS
+        with self._transaction(params=not once, inner_state=not once):
+            return self._inner.step(evaluate)
+
+
+def _check_gramian_mode(
+    aggregator: Aggregator,
+    weighting: Weighting | GeneralizedWeighting | None,
+    engine: GramianEngine | None,
+) -> None:
+    if engine is not None and not callable(getattr(engine, "compute_gramian", None)):
+        raise TypeError(
+            "`engine` must be a jdoptim.autogram.Engine (an object with `compute_gramian`), "
+            f"but got {type(engine).__name__}."
+        )
+    if weighting is not None:
+        if engine is None:
+            raise ValueError(
+                "`weighting` is only used in Gramian mode: pass `engine` too, or drop "
+                f"`weighting` and pass an aggregator, but got weighting={weighting!r} and "
+                "engine=None."
+            )
+        if not isinstance(weighting, (Weighting, GeneralizedWeighting)):
+            raise TypeError(
+                "`weighting` must be a jdoptim.aggregation.Weighting or GeneralizedWeighting, "
+                f"but got {type(weighting).__name__}."
+            )
+    elif engine is not None and not isinstance(
+        getattr(aggregator, "gramian_weighting", None), Weighting
+    ):
+        raise ValueError(
+            f"`aggregator` must have a Gramian weighting in Gramian mode (with `engine`), but "
+            f"{aggregator!r} has none. Use a Gramian-weighted aggregator such as UPGrad or "
+            "Mean, pass `weighting`, or drop `engine` to use Jacobian mode."
+        )
