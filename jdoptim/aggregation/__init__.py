@@ -6,6 +6,7 @@ on every use, and stateful ones save their state with ``state_dict``.
 
 from ._aligned_mtl import AlignedMTL, AlignedMTLWeighting
 from ._bases import (
+    Aggregation,
     Aggregator,
     Flattening,
     GeneralizedWeighting,
@@ -32,6 +33,7 @@ from ._upgrad import UPGrad, UPGradWeighting
 __all__ = [
     "IMTLG",
     "MGDA",
+    "Aggregation",
     "Aggregator",
     "AlignedMTL",
     "AlignedMTLWeighting",

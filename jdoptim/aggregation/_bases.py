@@ -41,6 +41,13 @@ class Aggregation(NamedTuple):
         weights: the weights ``[m]`` given to the rows, for an aggregator of the form
             :math:`J^\top w` that knows them (:class:`GramianWeightedAggregator`), else ``None``.
         gramian: the Gramian ``J Jᵀ`` ``[m, m]`` the weights were computed from, else ``None``.
+
+    Example:
+        >>> import torch
+        >>> from jdoptim.aggregation import MGDA
+        >>> result = MGDA().aggregate(torch.tensor([[1.0, 0.0], [0.0, 1.0]]))
+        >>> result.update, result.weights
+        (tensor([0.5000, 0.5000]), tensor([0.5000, 0.5000]))
     """
 
     update: Tensor

@@ -16,6 +16,18 @@ class GroupDiagnostics(NamedTuple):
             pair of objectives (0 when one of them is zero).
         n_conflicting_pairs: the number of pairs ``i < j`` whose gradients have a negative
             inner product.
+
+    Example:
+        >>> import torch
+        >>> from jdoptim import JacobianOptimizer
+        >>> weight = torch.nn.Parameter(torch.tensor([1.0, 0.0]))
+        >>> opt = JacobianOptimizer(torch.optim.SGD([weight], lr=0.1))
+        >>> opt.backward([weight[0] * 2, weight.sum() - weight[0] * 3])  # gradients (2, 0), (-2, 1)
+        >>> (diagnostics,) = opt.diagnostics()
+        >>> diagnostics.n_conflicting_pairs
+        1
+        >>> round(diagnostics.cosine_similarities[0, 1].item(), 4)
+        -0.8944
     """
 
     cosine_similarities: Tensor

@@ -153,3 +153,10 @@ def test_digits(capsys: pytest.CaptureFixture[str]) -> None:
         digit, parity, at_least_five = accuracies
         # Chance levels: 0.1 for the digit, about 0.5 for the two binary tasks.
         assert digit > 0.5 and parity > 0.6 and at_least_five > 0.6
+
+
+def test_gradient_accumulation_equals_the_whole_batch(capsys: pytest.CaptureFixture[str]) -> None:
+    results = run_example("gradient_accumulation", "--steps", "5", "--micro-batches", "4")
+    assert "4 micro-batches" in capsys.readouterr().out
+    whole, accumulated = results["whole batch"], results["4 micro-batches"]
+    assert accumulated == pytest.approx(whole, rel=1e-4)

@@ -38,7 +38,6 @@ from hypothesis import given, note, settings
 from hypothesis import strategies as st
 from torch import Tensor
 
-
 #: Defaults of SPEC §2, which the aggregators under test are built with.
 NORM_EPS = 1e-4
 REG_EPS = 1e-4

@@ -88,7 +88,7 @@ def test_aggregator_key_on_a_group_of_task_specific_parameters_is_refused() -> N
             lr=0.1,
         )
     )
-    x, y = data()
+    x, _ = data()
     features = trunk(x)
     losses = [head1(features).mean(), head2(features).mean()]
     with pytest.raises(ValueError, match="Parameter group 1 has an 'aggregator' key"):
