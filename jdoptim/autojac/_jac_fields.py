@@ -59,3 +59,14 @@ def accumulate_grads(tensors: Sequence[Tensor], gradients: Sequence[Tensor]) -> 
         else:
             with torch.no_grad():
                 tensor.grad.add_(gradient)
+
+
+def clear_jacs(tensors: Sequence[Tensor], set_to_none: bool) -> None:
+    """Deletes the ``.jac`` of ``tensors`` (or zeroes it in place, like ``zero_grad``)."""
+    for tensor in tensors:
+        jacobian = get_jac(tensor)
+        if jacobian is None or set_to_none:
+            delete_jac(tensor)
+        else:
+            with torch.no_grad():
+                jacobian.zero_()

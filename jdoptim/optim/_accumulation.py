@@ -54,3 +54,13 @@ def plan_accumulated(context: Context) -> Plan:
         plan = aggregate_blocks(blocks, matrix, len(context.groups), context.record_gramians)
     plan.clear_jacs = params
     return plan
+
+
+def check_nothing_pending(pending: bool, name: str) -> None:
+    """Refuses ``name`` while an accumulation awaits ``aggregate()``."""
+    if pending:
+        raise ValueError(
+            f"`{name}` was called while Jacobians accumulated by `backward(..., "
+            "aggregate=False)` await aggregation: call `opt.aggregate()` first (or "
+            "`opt.zero_grad()` to drop them)."
+        )

@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import torch
 from torch import Tensor
 
 from .._describe import describe
-from ..aggregation import Aggregator
+from ..aggregation import Aggregator, GeneralizedWeighting, Weighting
 from ..autojac._checks import as_tensors
 
 
@@ -102,3 +102,73 @@ def requires_grad(result: Any) -> bool:
 def detached_sum(losses: list[Tensor]) -> Tensor:
     """The sum of all the losses' elements, detached: what a closure returns to the inner step."""
     return torch.stack([loss.detach().sum() for loss in losses]).sum()
+
+
+def check_gramian_mode(
+    aggregator: Aggregator,
+    weighting: Weighting | GeneralizedWeighting | None,
+    engine: Any,
+) -> None:
+    """Checks ``engine`` and ``weighting``: Gramian mode needs a weighting of the Gramian."""
+    if engine is not None and not callable(getattr(engine, "compute_gramian", None)):
+        raise TypeError(
+            "`engine` must be a jdoptim.autogram.Engine (an object with `compute_gramian`), "
+            f"but got {type(engine).__name__}."
+        )
+    if weighting is not None:
+        if engine is None:
+            raise ValueError(
+                "`weighting` is only used in Gramian mode: pass `engine` too, or drop "
+                f"`weighting` and pass an aggregator, but got weighting={weighting!r} and "
+                "engine=None."
+            )
+        if not isinstance(weighting, (Weighting, GeneralizedWeighting)):
+            raise TypeError(
+                "`weighting` must be a jdoptim.aggregation.Weighting or GeneralizedWeighting, "
+                f"but got {type(weighting).__name__}."
+            )
+    elif engine is not None and not isinstance(
+        getattr(aggregator, "gramian_weighting", None), Weighting
+    ):
+        raise ValueError(
+            f"`aggregator` must have a Gramian weighting in Gramian mode (with `engine`), but "
+            f"{aggregator!r} has none. Use a Gramian-weighted aggregator such as UPGrad or "
+            "Mean, pass `weighting`, or drop `engine` to use Jacobian mode."
+        )
+
+
+def check_group(group: dict[str, Any], where: str, gramian_mode: bool) -> None:
+    """Checks a parameter group's ``"aggregator"`` key (refused in Gramian mode)."""
+    if "aggregator" not in group:
+        return
+    check_aggregator(group["aggregator"], f"{where}'s 'aggregator'")
+    if gramian_mode:
+        raise ValueError(
+            f"{where} has an 'aggregator' key, but in Gramian mode (with `engine`) one "
+            "weighting serves all groups: remove the key or use Jacobian mode."
+        )
+
+
+def step_arguments(
+    losses: Any, closure: Callable[[], Any] | None, backward_kwargs: dict[str, Any]
+) -> tuple[Any, Callable[[], Any] | None]:
+    """``(losses, closure)`` of a call of ``step``, checked; a callable first argument is a
+    closure, as in ``torch.optim`` (``LBFGS``'s idiom ``opt.step(closure)``)."""
+    if callable(losses) and not isinstance(losses, Tensor) and closure is None:
+        losses, closure = None, losses
+    if "aggregate" in backward_kwargs:
+        raise ValueError(
+            "`aggregate` is not an argument of `step`: to accumulate Jacobians over "
+            "micro-batches, call `opt.backward(losses, aggregate=False)` on each, then "
+            "`opt.aggregate()` and `opt.step()`."
+        )
+    if closure is not None and losses is not None:
+        raise ValueError(
+            "`losses` and `closure` cannot both be given: return the losses from the closure "
+            "instead."
+        )
+    if closure is None and losses is None and backward_kwargs:
+        raise TypeError(f"`step` got backward arguments {sorted(backward_kwargs)} but no `losses`.")
+    if closure is not None and not callable(closure):
+        raise TypeError(f"`closure` must be callable, but got {type(closure).__name__}.")
+    return losses, closure

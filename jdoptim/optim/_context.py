@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any, cast
 
 from torch import Tensor
 
 from ..aggregation import Aggregator
+from ._checks import check_disjoint
 from ._distributed import Sync
 from ._groups import Block
 
@@ -47,3 +49,24 @@ class Context:
             )
             for i, params in enumerate(self.groups)
         ]
+
+
+def build_context(
+    param_groups: list[dict[str, Any]],
+    default_aggregator: Aggregator,
+    parallel_chunk_size: int | None,
+    sync: Sync,
+    record_gramians: bool,
+) -> Context:
+    """The context of one backward, from the optimizer's current parameter groups."""
+    check_disjoint(param_groups, "optimizer")
+    return Context(
+        groups=[[p for p in group["params"] if p.requires_grad] for group in param_groups],
+        aggregators=[
+            cast(Aggregator, group.get("aggregator", default_aggregator)) for group in param_groups
+        ],
+        keyed=["aggregator" in group for group in param_groups],
+        parallel_chunk_size=parallel_chunk_size,
+        sync=sync,
+        record_gramians=record_gramians,
+    )

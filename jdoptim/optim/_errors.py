@@ -7,6 +7,8 @@ from typing import Any
 
 import torch
 
+from ..autojac._aggregate import all_finite
+
 
 class NonFiniteGradientError(ValueError):
     """Raised by :meth:`JacobianOptimizer.step` instead of applying non-finite gradients.
@@ -57,3 +59,14 @@ def non_finite_report(param_groups: Sequence[dict[str, Any]]) -> str | None:
         "losses or gradients: use torch.amp.GradScaler (`opt.backward(scaler.scale(losses)); "
         "scaler.step(opt)`), which skips such steps automatically."
     )
+
+
+def check_finite_grads(param_groups: Sequence[dict[str, Any]], known_finite: bool) -> None:
+    """Raises :class:`NonFiniteGradientError` when some ``.grad`` holds inf or NaN (one summing
+    pass; the report that names the groups is only built then). ``known_finite`` skips it."""
+    if known_finite:
+        return
+    grads = [p.grad for group in param_groups for p in group["params"] if p.grad is not None]
+    if all_finite(grads):
+        return
+    raise NonFiniteGradientError(non_finite_report(param_groups) or "The gradients are not finite.")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable
-from typing import Protocol
+from typing import Any, Protocol
 
 import torch
 from torch import Tensor
@@ -104,3 +104,17 @@ def plan_gramian(
         known_finite=known_finite,
         backward=weighted_backward,
     )
+
+
+def check_gramian_arguments(features: Any, grad_tensors: Any, aggregate: bool) -> None:
+    """Refuses the arguments of ``backward`` that need the Jacobian itself."""
+    for name, given in (
+        ("features", features is not None),
+        ("grad_tensors", grad_tensors is not None),
+        ("aggregate=False", not aggregate),
+    ):
+        if given:
+            raise ValueError(
+                f"`{name}` is not supported in Gramian mode (with `engine`); drop it or use "
+                "Jacobian mode."
+            )

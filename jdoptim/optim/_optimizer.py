@@ -7,38 +7,48 @@ this class runs it inside a :class:`~._transaction.Transaction` and writes it.
 
 from __future__ import annotations
 
-from collections import defaultdict
 from collections.abc import Callable, Sequence
 from typing import Any, cast
 
-import torch
-from torch import Tensor, nn
+from torch import Tensor
 from torch.optim import Optimizer
 
 from ..aggregation import Aggregator, GeneralizedWeighting, Weighting
-from ..autojac._aggregate import all_finite
 from ..autojac._checks import check_parallel_chunk_size
-from ..autojac._jac_fields import delete_jac, get_jac
-from ._accumulation import check_rows, plan_accumulated
+from ..autojac._jac_fields import clear_jacs
+from ._accumulation import check_nothing_pending, check_rows, plan_accumulated
 from ._checks import (
     as_losses,
     check_aggregator,
     check_devices,
     check_disjoint,
+    check_gramian_mode,
+    check_group,
     check_process_group,
-    detached_sum,
-    requires_grad,
+    step_arguments,
 )
-from ._context import Context
+from ._closure import closure_evaluator
+from ._context import Context, build_context
 from ._diagnostics import GroupDiagnostics, diagnose
 from ._distributed import Sync
-from ._errors import NonFiniteGradientError, non_finite_report
-from ._gramian_mode import GramianEngine, plan_gramian
+from ._errors import check_finite_grads
+from ._gramian_mode import GramianEngine, check_gramian_arguments, plan_gramian
 from ._jacobian_mode import plan_jacobian
 from ._multi_task_mode import plan_multi_task
 from ._plan import Plan, write
-from ._state import jdoptim_state, keep_aggregators_across_loads, load_jdoptim_state
-from ._torch_optimizer import VALIDATING_OPTIMIZERS, init_optimizer_internals, state_dict_hooks
+from ._state import (
+    jdoptim_state,
+    keep_aggregators_across_loads,
+    load_jdoptim_state,
+    stateful_modules,
+)
+from ._torch_optimizer import (
+    VALIDATING_OPTIMIZERS,
+    SharedAttributes,
+    init_optimizer_internals,
+    load_with_hooks,
+    save_with_hooks,
+)
 from ._transaction import Transaction
 
 Losses = Tensor | Sequence[Tensor]
@@ -57,8 +67,24 @@ class _Runtime:
         # Whether Jacobians accumulated by backward(aggregate=False) await aggregate().
         self.pending = False
 
+    def record(self, plan: Plan) -> None:
+        if plan.weights or plan.gramians:
+            self.last_weights, self.gramians = plan.weights, plan.gramians
+        self.wrote_finite = plan.known_finite and not plan.jacs
 
-class JacobianOptimizer(Optimizer):
+
+_PICKLED = (
+    "_inner",
+    "_aggregator",
+    "_weighting",
+    "_engine",
+    "_parallel_chunk_size",
+    "_sync",
+    "record_gramians",
+)
+
+
+class JacobianOptimizer(SharedAttributes, Optimizer):
     r"""Wraps a ``torch.optim`` optimizer so that it performs Jacobian descent.
 
     One step with losses :math:`L = (L_1, \dots, L_m)` computes the Jacobian :math:`J` of
@@ -134,7 +160,7 @@ class JacobianOptimizer(Optimizer):
 
             aggregator = UPGrad()
         check_aggregator(aggregator, "aggregator")
-        _check_gramian_mode(aggregator, weighting, engine)
+        check_gramian_mode(aggregator, weighting, engine)
         check_parallel_chunk_size(parallel_chunk_size)
         check_process_group(process_group)
         self._inner = optimizer
@@ -146,47 +172,13 @@ class JacobianOptimizer(Optimizer):
         self._runtime = _Runtime()
         self.record_gramians = False
         for index, group in enumerate(optimizer.param_groups):
-            self._check_group(group, f"`optimizer` parameter group {index}")
+            check_group(group, f"`optimizer` parameter group {index}", engine is not None)
         check_disjoint(optimizer.param_groups, "optimizer")
         self._setup()
 
     def _setup(self) -> None:
         init_optimizer_internals(self)
         keep_aggregators_across_loads(self._inner)
-
-    # -- the attributes of torch.optim.Optimizer are the wrapped optimizer's --------------------
-
-    @property
-    def param_groups(self) -> list[dict[str, Any]]:
-        """The wrapped optimizer's parameter groups (the same list)."""
-        return self._inner.param_groups
-
-    @param_groups.setter
-    def param_groups(self, value: list[dict[str, Any]]) -> None:
-        self._inner.param_groups = value
-
-    @property
-    def state(self) -> defaultdict[Tensor, Any]:
-        """The wrapped optimizer's per-parameter state (the same dict)."""
-        return self._inner.state
-
-    @state.setter
-    def state(self, value: defaultdict[Tensor, Any]) -> None:
-        self._inner.state = value
-
-    @property
-    def defaults(self) -> dict[str, Any]:
-        """The wrapped optimizer's defaults (the same dict)."""
-        return self._inner.defaults
-
-    @defaults.setter
-    def defaults(self, value: dict[str, Any]) -> None:
-        self._inner.defaults = value
-
-    @property
-    def optimizer(self) -> Optimizer:
-        """The wrapped optimizer."""
-        return self._inner
 
     @property
     def aggregator(self) -> Aggregator:
@@ -213,7 +205,7 @@ class JacobianOptimizer(Optimizer):
         """
         if not isinstance(param_group, dict):
             raise TypeError(f"`param_group` must be a dict, but got {type(param_group).__name__}.")
-        self._check_group(param_group, "`param_group`")
+        check_group(param_group, "`param_group`", self._engine is not None)
         params = param_group.get("params")
         new = [params] if isinstance(params, Tensor) else list(params or [])
         existing = {id(p) for group in self.param_groups for p in group["params"]}
@@ -227,14 +219,7 @@ class JacobianOptimizer(Optimizer):
     def zero_grad(self, set_to_none: bool = True) -> None:
         """Resets ``.grad`` (through the wrapped optimizer) and ``.jac`` of every parameter."""
         self._inner.zero_grad(set_to_none)
-        for group in self.param_groups:
-            for param in group["params"]:
-                jacobian = get_jac(param)
-                if jacobian is None or set_to_none:
-                    delete_jac(param)
-                else:
-                    with torch.no_grad():
-                        jacobian.zero_()
+        clear_jacs([p for group in self.param_groups for p in group["params"]], set_to_none)
         self._runtime.pending = False
 
     def step(  # type: ignore[override]
@@ -257,8 +242,8 @@ class JacobianOptimizer(Optimizer):
           gradients it left are used as they are. As in torch, the closure should call
           :meth:`zero_grad`.
 
-        If anything raises, the parameters, their ``.grad``, the wrapped optimizer's state and
-        the aggregators' state are as before the call.
+        If anything raises, parameters, ``.grad``, the wrapped optimizer's state and the
+        aggregators' state are as before the call.
 
         Raises:
             NonFiniteGradientError: some gradient is infinite or NaN (use a
@@ -267,30 +252,18 @@ class JacobianOptimizer(Optimizer):
         Returns:
             What the wrapped optimizer's ``step`` returns.
         """
-        if callable(losses) and not isinstance(losses, Tensor) and closure is None:
-            # ``opt.step(closure)``: torch's positional closure, e.g. ``LBFGS``'s idiom.
-            losses, closure = None, losses
-        if "aggregate" in backward_kwargs:
-            raise ValueError(
-                "`aggregate` is not an argument of `step`: to accumulate Jacobians over "
-                "micro-batches, call `opt.backward(losses, aggregate=False)` on each, then "
-                "`opt.aggregate()` and `opt.step()`."
-            )
-        self._check_nothing_pending("step")
+        losses, closure = step_arguments(losses, closure, backward_kwargs)
+        check_nothing_pending(self._runtime.pending, "step")
         if closure is not None:
-            if losses is not None:
-                raise ValueError(
-                    "`losses` and `closure` cannot both be given: return the losses from the "
-                    "closure instead."
-                )
-            return self._step_with_closure(closure, backward_kwargs)
+            evaluate = closure_evaluator(closure, self._backward_and_check, backward_kwargs, self)
+            # Torch's other optimizers evaluate the closure once, first: only LBFGS and unknown
+            # optimizers may re-run it after changing the parameters, so only they need a copy.
+            once = type(self._inner) in VALIDATING_OPTIMIZERS
+            with self._transaction(params=not once, inner_state=not once):
+                return self._inner.step(evaluate)
         if losses is None:
-            if backward_kwargs:
-                raise TypeError(
-                    f"`step` got backward arguments {sorted(backward_kwargs)} but no `losses`."
-                )
             with self._transaction():
-                self._check_finite_grads(known_finite=False)
+                check_finite_grads(self.param_groups, False)
                 return self._inner.step()
         with self._transaction():
             self._backward_and_check(losses, backward_kwargs)
@@ -322,21 +295,20 @@ class JacobianOptimizer(Optimizer):
                 accumulation; see :doc:`/examples/gradient_accumulation`): call
                 :meth:`aggregate` once after the last micro-batch. Not in Gramian mode.
 
-        The weights used are then in :attr:`last_weights`. Nothing is written when an error
-        is raised; a non-finite Jacobian writes NaN gradients (so that a GradScaler skips the
-        step). Two calls with ``aggregate=True`` before one step add two aggregated updates,
-        :math:`A(J_1) + A(J_2)`, which for a non-linear aggregator is not :math:`A(J_1 + J_2)`.
+        The weights are then in :attr:`last_weights`. Nothing is written if it raises; a
+        non-finite Jacobian writes NaN gradients (a GradScaler then skips the step). Two calls
+        before one step add :math:`A(J_1) + A(J_2)`, not :math:`A(J_1 + J_2)`.
         """
         if not isinstance(retain_graph, bool):
             raise TypeError(f"`retain_graph` must be a bool, but got {retain_graph!r}.")
         if not isinstance(aggregate, bool):
             raise TypeError(f"`aggregate` must be a bool, but got {aggregate!r}.")
         if aggregate:
-            self._check_nothing_pending("backward")
+            check_nothing_pending(self._runtime.pending, "backward")
         with self._transaction():
             plan = self._plan(losses, features, grad_tensors, retain_graph, aggregate)
             write(plan)
-        self._record(plan)
+        self._runtime.record(plan)
         if not aggregate:
             self._runtime.pending = True
 
@@ -372,7 +344,7 @@ class JacobianOptimizer(Optimizer):
         with self._transaction():
             plan = plan_accumulated(self._context())
             write(plan)
-        self._record(plan)
+        self._runtime.record(plan)
         self._runtime.pending = False
 
     def diagnostics(self) -> tuple[GroupDiagnostics | None, ...]:
@@ -409,17 +381,15 @@ class JacobianOptimizer(Optimizer):
         parameter groups; their state (e.g. the weights of
         :class:`~jdoptim.aggregation.NashMTL`) is under the key ``"jdoptim"``.
         """
-        for pre_hook in state_dict_hooks(self, "state_dict_pre"):
-            pre_hook(self)
-        state_dict: dict[str, Any] = dict(self._inner.state_dict())
-        state_dict["jdoptim"] = jdoptim_state(
-            self._aggregator, self._weighting, self.param_groups, self._sync
+        return save_with_hooks(
+            self,
+            lambda: {
+                **self._inner.state_dict(),
+                "jdoptim": jdoptim_state(
+                    self._aggregator, self._weighting, self.param_groups, self._sync
+                ),
+            },
         )
-        for post_hook in state_dict_hooks(self, "state_dict_post"):
-            result = post_hook(self, state_dict)
-            if result is not None:
-                state_dict = result
-        return state_dict
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Loads a state dict made by :meth:`state_dict` (or by the wrapped optimizer).
@@ -427,33 +397,21 @@ class JacobianOptimizer(Optimizer):
         The aggregators stay the current objects (so hooks registered on them stay); their
         state is loaded from the ``"jdoptim"`` entry when present. On error nothing changes.
         """
-        if not isinstance(state_dict, dict):
-            raise TypeError(f"`state_dict` must be a dict, but got {type(state_dict).__name__}.")
-        state_dict = dict(state_dict)
-        for pre_hook in state_dict_hooks(self, "load_state_dict_pre"):
-            result = pre_hook(self, state_dict)
-            if result is not None:
-                state_dict = result
-        extra = state_dict.pop("jdoptim", None)
-        with self._transaction(inner_state=True):
-            self._inner.load_state_dict(state_dict)
-            if extra is not None:
-                load_jdoptim_state(
-                    extra, self._aggregator, self._weighting, self.param_groups, self._sync
-                )
-        for post_hook in state_dict_hooks(self, "load_state_dict_post"):
-            post_hook(self)
+
+        def load(state_dict: dict[str, Any]) -> None:
+            extra = state_dict.pop("jdoptim", None)
+            with self._transaction(inner_state=True):
+                self._inner.load_state_dict(state_dict)
+                if extra is not None:
+                    load_jdoptim_state(
+                        extra, self._aggregator, self._weighting, self.param_groups, self._sync
+                    )
+
+        load_with_hooks(self, state_dict, load)
 
     def __getstate__(self) -> dict[str, Any]:
-        return {
-            "_inner": self._inner,
-            "_aggregator": self._aggregator,
-            "_weighting": self._weighting,
-            "_engine": self._engine,
-            "_parallel_chunk_size": self._parallel_chunk_size,
-            "_sync": self._sync,
-            "record_gramians": self.record_gramians,
-        }
+        # The hooks of torch.optim.Optimizer and the per-step records are made anew on load.
+        return {key: self.__dict__[key] for key in _PICKLED}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
@@ -482,16 +440,7 @@ class JacobianOptimizer(Optimizer):
         context = self._context()
         check_devices(loss_list, context.params)
         if self._engine is not None:
-            if features is not None or grad_tensors is not None or not aggregate:
-                name = (
-                    "features"
-                    if features is not None
-                    else ("grad_tensors" if grad_tensors is not None else "aggregate=False")
-                )
-                raise ValueError(
-                    f"`{name}` is not supported in Gramian mode (with `engine`); drop it or use "
-                    "Jacobian mode."
-                )
+            check_gramian_arguments(features, grad_tensors, aggregate)
             return plan_gramian(
                 self._engine, self._gramian_weighting(), context.groups, loss_list, retain_graph
             )
@@ -505,27 +454,13 @@ class JacobianOptimizer(Optimizer):
         return plan
 
     def _context(self) -> Context:
-        groups: list[list[Tensor]] = []
-        for group in self.param_groups:
-            groups.append([p for p in group["params"] if p.requires_grad])
-        check_disjoint(self.param_groups, "optimizer")
-        return Context(
-            groups=groups,
-            aggregators=[
-                cast(Aggregator, group.get("aggregator", self._aggregator))
-                for group in self.param_groups
-            ],
-            keyed=["aggregator" in group for group in self.param_groups],
-            parallel_chunk_size=self._parallel_chunk_size,
-            sync=self._sync,
-            record_gramians=self.record_gramians,
+        return build_context(
+            self.param_groups,
+            self._aggregator,
+            self._parallel_chunk_size,
+            self._sync,
+            self.record_gramians,
         )
-
-    def _record(self, plan: Plan) -> None:
-        if plan.weights or plan.gramians:
-            self._runtime.last_weights = plan.weights
-            self._runtime.gramians = plan.gramians
-        self._runtime.wrote_finite = plan.known_finite and not plan.jacs
 
     def _gramian_weighting(self) -> Weighting | GeneralizedWeighting:
         if self._weighting is not None:
@@ -534,20 +469,10 @@ class JacobianOptimizer(Optimizer):
 
     # -- transactions and checks ------------------------------------------------------------------
 
-    def _stateful_modules(self) -> list[nn.Module]:
-        modules: list[nn.Module] = [self._aggregator]
-        if self._weighting is not None:
-            modules.append(self._weighting)
-        for group in self.param_groups:
-            aggregator = group.get("aggregator")
-            if aggregator is not None and all(aggregator is not m for m in modules):
-                modules.append(aggregator)
-        return modules
-
     def _transaction(self, *, params: bool = False, inner_state: bool = False) -> Transaction:
         return Transaction(
             self._inner,
-            self._stateful_modules(),
+            stateful_modules(self._aggregator, self._weighting, self.param_groups),
             self._sync.shared_random,
             params=params,
             inner_state=inner_state,
@@ -560,99 +485,4 @@ class JacobianOptimizer(Optimizer):
         needed."""
         fresh = all(p.grad is None for group in self.param_groups for p in group["params"])
         self.backward(losses, **backward_kwargs)
-        self._check_finite_grads(known_finite=fresh and self._runtime.wrote_finite)
-
-    def _check_finite_grads(self, known_finite: bool) -> None:
-        if known_finite:
-            return
-        grads = [
-            p.grad for group in self.param_groups for p in group["params"] if p.grad is not None
-        ]
-        if all_finite(grads):
-            return
-        report = non_finite_report(self.param_groups)
-        raise NonFiniteGradientError(report or "The gradients hold inf or NaN values.")
-
-    def _check_nothing_pending(self, name: str) -> None:
-        if self._runtime.pending:
-            raise ValueError(
-                f"`{name}` was called while Jacobians accumulated by `backward(..., "
-                "aggregate=False)` await aggregation: call `opt.aggregate()` first (or "
-                "`opt.zero_grad()` to drop them)."
-            )
-
-    def _check_group(self, group: dict[str, Any], where: str) -> None:
-        if "aggregator" not in group:
-            return
-        check_aggregator(group["aggregator"], f"{where}'s 'aggregator'")
-        if self._engine is not None:
-            raise ValueError(
-                f"{where} has an 'aggregator' key, but in Gramian mode (with `engine`) one "
-                "weighting serves all groups: remove the key or use Jacobian mode."
-            )
-
-    # -- closures ---------------------------------------------------------------------------------
-
-    def _step_with_closure(
-        self, closure: Callable[[], Any], backward_kwargs: dict[str, Any]
-    ) -> Any:
-        if not callable(closure):
-            raise TypeError(f"`closure` must be callable, but got {type(closure).__name__}.")
-
-        def evaluate() -> Any:
-            with torch.enable_grad():
-                result = closure()
-            if requires_grad(result):
-                try:
-                    self._backward_and_check(result, backward_kwargs)
-                except RuntimeError as error:
-                    if "second time" not in str(error):
-                        raise
-                    raise RuntimeError(
-                        "`closure` returned losses whose graph was already freed, e.g. by "
-                        "`loss.backward()` inside the closure. With JacobianOptimizer, return the "
-                        "losses without back-propagating them (the step back-propagates them by "
-                        "Jacobian descent), or call `opt.backward(losses)` in the closure and "
-                        "return detached values or None."
-                    ) from error
-                return detached_sum(as_losses(result))
-            self._check_finite_grads(known_finite=False)
-            return result
-
-        # Torch's other optimizers evaluate the closure once, first: only LBFGS and unknown
-        # optimizers may re-run it after changing the parameters, so only they need a copy.
-        once = type(self._inner) in VALIDATING_OPTIMIZERS
-        with self._transaction(params=not once, inner_state=not once):
-            return self._inner.step(evaluate)
-
-
-def _check_gramian_mode(
-    aggregator: Aggregator,
-    weighting: Weighting | GeneralizedWeighting | None,
-    engine: GramianEngine | None,
-) -> None:
-    if engine is not None and not callable(getattr(engine, "compute_gramian", None)):
-        raise TypeError(
-            "`engine` must be a jdoptim.autogram.Engine (an object with `compute_gramian`), "
-            f"but got {type(engine).__name__}."
-        )
-    if weighting is not None:
-        if engine is None:
-            raise ValueError(
-                "`weighting` is only used in Gramian mode: pass `engine` too, or drop "
-                f"`weighting` and pass an aggregator, but got weighting={weighting!r} and "
-                "engine=None."
-            )
-        if not isinstance(weighting, (Weighting, GeneralizedWeighting)):
-            raise TypeError(
-                "`weighting` must be a jdoptim.aggregation.Weighting or GeneralizedWeighting, "
-                f"but got {type(weighting).__name__}."
-            )
-    elif engine is not None and not isinstance(
-        getattr(aggregator, "gramian_weighting", None), Weighting
-    ):
-        raise ValueError(
-            f"`aggregator` must have a Gramian weighting in Gramian mode (with `engine`), but "
-            f"{aggregator!r} has none. Use a Gramian-weighted aggregator such as UPGrad or "
-            "Mean, pass `weighting`, or drop `engine` to use Jacobian mode."
-        )
+        check_finite_grads(self.param_groups, fresh and self._runtime.wrote_finite)

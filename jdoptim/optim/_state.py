@@ -88,3 +88,15 @@ def load_jdoptim_state(
         module.load_state_dict(saved)
     if sync.shared_random is not None and "shared_rng_state" in extra:
         sync.shared_random.load_state(extra["shared_rng_state"])
+
+
+def stateful_modules(
+    aggregator: nn.Module, weighting: nn.Module | None, param_groups: list[dict[str, Any]]
+) -> list[nn.Module]:
+    """The modules whose state the optimizer saves and restores: each once."""
+    modules = [aggregator] if weighting is None else [aggregator, weighting]
+    for group in param_groups:
+        module = group.get("aggregator")
+        if module is not None and all(module is not m for m in modules):
+            modules.append(module)
+    return modules

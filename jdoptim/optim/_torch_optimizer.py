@@ -8,10 +8,12 @@ private, so they are set here; if a torch release renames them, only this module
 
 from __future__ import annotations
 
-from collections import OrderedDict
+from collections import OrderedDict, defaultdict
+from collections.abc import Callable
 from typing import Any
 
 import torch
+from torch import Tensor
 from torch.optim import Optimizer
 
 # Torch optimizers whose ``step(closure)`` evaluates the closure once, before changing anything,
@@ -52,8 +54,74 @@ def init_optimizer_internals(optimizer: Optimizer) -> None:
     hooks._patch_step_function()
 
 
-def state_dict_hooks(optimizer: Optimizer, kind: str) -> list[Any]:
-    """The ``state_dict`` hooks registered on ``optimizer``: ``kind`` is ``"state_dict_pre"``,
-    ``"state_dict_post"``, ``"load_state_dict_pre"`` or ``"load_state_dict_post"``."""
+def save_with_hooks(optimizer: Optimizer, make: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+    """``make()`` between the ``state_dict`` pre- and post-hooks registered on ``optimizer``."""
+    for pre_hook in _hooks(optimizer, "state_dict_pre"):
+        pre_hook(optimizer)
+    state_dict: dict[str, Any] = make()
+    for post_hook in _hooks(optimizer, "state_dict_post"):
+        result = post_hook(optimizer, state_dict)
+        if result is not None:
+            state_dict = dict(result)
+    return state_dict
+
+
+def load_with_hooks(
+    optimizer: Optimizer, state_dict: Any, load: Callable[[dict[str, Any]], None]
+) -> None:
+    """``load`` (on a copy of ``state_dict``) between the ``load_state_dict`` hooks."""
+    if not isinstance(state_dict, dict):
+        raise TypeError(f"`state_dict` must be a dict, but got {type(state_dict).__name__}.")
+    state_dict = dict(state_dict)
+    for pre_hook in _hooks(optimizer, "load_state_dict_pre"):
+        result = pre_hook(optimizer, state_dict)
+        if result is not None:
+            state_dict = result
+    load(state_dict)
+    for post_hook in _hooks(optimizer, "load_state_dict_post"):
+        post_hook(optimizer)
+
+
+def _hooks(optimizer: Optimizer, kind: str) -> list[Any]:
     hooks: dict[int, Any] = getattr(optimizer, f"_optimizer_{kind}_hooks")
     return list(hooks.values())
+
+
+class SharedAttributes:
+    """``param_groups``, ``state`` and ``defaults`` that are those of a wrapped optimizer
+    (``self._inner``): the same objects, so that schedulers and scalers acting on either see the
+    same groups."""
+
+    _inner: Optimizer
+
+    @property
+    def param_groups(self) -> list[dict[str, Any]]:
+        """The wrapped optimizer's parameter groups (the same list)."""
+        return self._inner.param_groups
+
+    @param_groups.setter
+    def param_groups(self, value: list[dict[str, Any]]) -> None:
+        self._inner.param_groups = value
+
+    @property
+    def state(self) -> defaultdict[Tensor, Any]:
+        """The wrapped optimizer's per-parameter state (the same dict)."""
+        return self._inner.state
+
+    @state.setter
+    def state(self, value: defaultdict[Tensor, Any]) -> None:
+        self._inner.state = value
+
+    @property
+    def defaults(self) -> dict[str, Any]:
+        """The wrapped optimizer's defaults (the same dict)."""
+        return self._inner.defaults
+
+    @defaults.setter
+    def defaults(self, value: dict[str, Any]) -> None:
+        self._inner.defaults = value
+
+    @property
+    def optimizer(self) -> Optimizer:
+        """The wrapped optimizer."""
+        return self._inner
