@@ -207,13 +207,10 @@ class JacobianOptimizer(SharedAttributes, Optimizer):
             raise TypeError(f"`param_group` must be a dict, but got {type(param_group).__name__}.")
         check_group(param_group, "`param_group`", self._engine is not None)
         params = param_group.get("params")
-        new = [params] if isinstance(params, Tensor) else list(params or [])
-        existing = {id(p) for group in self.param_groups for p in group["params"]}
-        if any(isinstance(p, Tensor) and id(p) in existing for p in new):
-            raise ValueError(
-                "`param_group` must contain parameters that are in no other group, but some of "
-                "its parameters already appear in another parameter group."
-            )
+        if params is not None and not isinstance(params, (Tensor, set)):
+            # A generator (e.g. ``module.parameters()``) is read once, here and by torch alike.
+            param_group = {**param_group, "params": list(params)}
+        check_disjoint([*self.param_groups, param_group], "param_group")
         self._inner.add_param_group(param_group)
 
     def zero_grad(self, set_to_none: bool = True) -> None:

@@ -307,3 +307,12 @@ def test_losses_on_another_device_than_the_parameters_are_refused() -> None:
         ValueError, match=r"`losses` must be on the device of the parameters \(meta\)"
     ):
         opt.backward(losses)
+
+
+def test_add_param_group_accepts_a_generator_of_parameters() -> None:
+    model = make_model()
+    opt = JacobianOptimizer(torch.optim.SGD(model[0].parameters(), lr=0.1))
+    opt.add_param_group({"params": model[2].parameters(), "aggregator": Mean()})
+    assert [len(group["params"]) for group in opt.param_groups] == [2, 2]
+    with pytest.raises(ValueError, match="`param_group`"):
+        opt.add_param_group({"params": model[2].parameters()})
