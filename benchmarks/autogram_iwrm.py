@@ -1,6 +1,6 @@
 """Instance-wise risk minimisation with the autogram engine, against the summed-loss step.
 
-One training step on the small CNN of SPEC §9 (3 convolutions + 2 linear layers, 32×32 RGB
+One training step on the small CNN of the performance suite (3 convolutions + 2 linear layers, 32×32 RGB
 inputs, batch 64, one cross-entropy loss per sample), in these configurations:
 
 - ``summed``: ``losses.mean().backward()`` + SGD step (the floor);
@@ -42,7 +42,7 @@ CONFIGURATIONS = ("summed", "autogram", "autogram_mean", "autojac", "autojac_loo
 
 
 def make_cnn() -> nn.Module:
-    """The CNN of SPEC §9: 3 convolutions + 2 linear layers on 32×32 RGB images."""
+    """The CNN of the performance suite: 3 convolutions + 2 linear layers on 32×32 RGB images."""
     return nn.Sequential(
         nn.Conv2d(3, 16, 3, padding=1),
         nn.ReLU(),

@@ -1,6 +1,6 @@
 """Peak memory of ``autojac.backward`` (+ ``jac_to_grad``) against the Jacobian's own size.
 
-Workload (issue 3): m = 32 losses on an MLP of about 1M parameters (the 4×512 trunk of SPEC §9:
+Workload: m = 32 losses on an MLP of about 1M parameters (the 4×512 trunk of the performance suite:
 ``384 → 512 → 512 → 512 → 512 → 32``, 1,001,504 parameters), batch 64, loss i = the mean squared
 error of output i. The Jacobian then holds 32 × 1,001,504 float32 = 128.2 MB.
 

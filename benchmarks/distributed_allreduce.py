@@ -1,6 +1,6 @@
 """Cost of the cross-rank ``all_reduce`` of ``JacobianOptimizer(process_group=...)``.
 
-Workload (SPEC §9, §10; issue 8): the 4×512 MLP trunk (``384 → 512 → 512 → 512 → 512 → m``,
+Workload: the 4×512 MLP trunk (``384 → 512 → 512 → 512 → 512 → m``,
 m = 8 outputs, 989,192 float32 parameters), loss i = the mean squared error of output i (m = 8
 mean-reduced losses), a global batch of 64 split in halves over 2 ranks, ``gloo`` on loopback
 (127.0.0.1), one CPU thread per rank, ``UPGrad`` and SGD.

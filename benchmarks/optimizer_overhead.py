@@ -1,6 +1,6 @@
-"""``JacobianOptimizer.step`` against the same low-level calls written by hand (SPEC §9).
+"""``JacobianOptimizer.step`` against the same low-level calls written by hand.
 
-One training step of the MLP trunk of SPEC §9 (4 hidden layers of 512 units, batch 64) with
+One training step of the MLP trunk of the performance suite (4 hidden layers of 512 units, batch 64) with
 ``m`` losses (one mean squared error per output), in three configurations:
 
 - ``summed``: ``losses.sum().backward()`` + Adam step (the floor, for context);
@@ -39,7 +39,7 @@ CONFIGURATIONS = ("summed", "hand-written", "JacobianOptimizer")
 
 
 def make_mlp(m: int, width: int = 512, depth: int = 4, inputs: int = 64) -> nn.Module:
-    """The MLP trunk of SPEC §9 (``depth`` hidden layers of ``width``) with ``m`` outputs."""
+    """The MLP trunk of the performance suite (``depth`` hidden layers of ``width``) with ``m`` outputs."""
     torch.manual_seed(0)
     layers: list[nn.Module] = []
     size = inputs

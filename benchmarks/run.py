@@ -1,4 +1,4 @@
-"""The performance suite of SPEC §9: every workload with its baselines, in one process.
+"""The performance suite: every workload with its baselines, in one process.
 
 Prints one table: for each workload and configuration, the median wall-clock time of a step, the
 median CPU time of the process during it, the ratio of the wall time to the workload's baseline,
@@ -141,7 +141,7 @@ def weighting_workloads(quick: bool) -> list[Workload]:
 
 
 # ----------------------------------------------------------------------------------------------
-# backward / mtl_backward + jac_to_grad on the MLP trunk of SPEC §9.
+# backward / mtl_backward + jac_to_grad on the MLP trunk (4 hidden layers of 512 units).
 
 _MLP_WIDTH = 512
 _MLP_INPUTS = 64

@@ -1,4 +1,4 @@
-"""`JacobianOptimizer` over two gloo ranks (SPEC §10): the same steps as one process, on every rank.
+"""`JacobianOptimizer` over two gloo ranks: the same steps as one process, on every rank.
 
 Spawning the two processes costs seconds, so one spawn runs every scenario (`_all_scenarios`)
 and the tests below check its results against single-process runs made here.

@@ -1,4 +1,4 @@
-"""SPEC §6: every bad input gets a clear error, and nothing is lost."""
+"""Every bad input gets a clear error naming the argument, and nothing is lost."""
 
 from __future__ import annotations
 
