@@ -216,7 +216,7 @@ class GramianWeightedAggregator(Aggregator):
             >>> matrix = torch.tensor([[1.0, 0.0], [0.0, 2.0]])
             >>> update, weights, gramian = UPGrad().aggregate(matrix)
             >>> update, weights, gramian
-            (tensor([1., 2.]), tensor([1., 1.]), tensor([[1., 0.],
+            (tensor([0.5000, 1.0000]), tensor([0.5000, 0.5000]), tensor([[1., 0.],
                     [0., 4.]]))
         """
         if type(self).forward is not GramianWeightedAggregator.forward:
