@@ -4,7 +4,7 @@ Train one model on several losses at once: compute the Jacobian of the losses (o
 Gramian) and aggregate it into one update that does not sacrifice any objective.
 """
 
-from . import aggregation, autogram, autojac
+from . import aggregation, autogram, autojac, scalarization
 from ._deprecated import backward, mtl_backward
 from .optim import JacobianOptimizer, NonFiniteGradientError
 
@@ -18,4 +18,5 @@ __all__ = [
     "autojac",
     "backward",
     "mtl_backward",
+    "scalarization",
 ]
