@@ -104,8 +104,9 @@ class FAMO(Scalarizer):
     def forward(self, values: Tensor, /) -> Tensor:
         check_same_shape(values, self.logits, "logits")
         self._before = values.detach().clone()
-        z = self._task_weights()
         shifted = values - self.min_losses + _EPS
+        # In the dtype of the result: float64 losses get float64 weights, not float32 ones.
+        z = self._task_weights().to(shifted.dtype)
         c = (z / shifted).sum().detach()
         return ((z / c) * shifted.log()).sum()
 

@@ -113,13 +113,13 @@ def test_a_call_under_no_grad_works(name: str) -> None:
 
 @pytest.mark.parametrize("name", NAMES)
 def test_values_that_are_not_a_tensor_raise_a_type_error(name: str) -> None:
-    with pytest.raises(TypeError, match="`values` must be a torch.Tensor, but got list"):
+    with pytest.raises(TypeError, match=r"`values` must be a torch\.Tensor, but got list"):
         _build(name)([0.5, 1.5, 2.5])  # type: ignore[arg-type]
 
 
 @pytest.mark.parametrize("name", NAMES)
 def test_integer_values_raise_a_type_error(name: str) -> None:
-    with pytest.raises(TypeError, match="`values` must have a floating dtype, but got torch.int64"):
+    with pytest.raises(TypeError, match=r"must have a floating dtype, but got torch\.int64"):
         _build(name)(torch.tensor([1, 2, 3]))
 
 

@@ -89,7 +89,7 @@ def test_weights_of_a_reshaped_size_are_refused() -> None:
 
 @pytest.mark.parametrize("weights", [[1.0, 2.0], 1.0, None, "w"])
 def test_weights_that_are_not_a_tensor_raise_a_type_error(weights: object) -> None:
-    with pytest.raises(TypeError, match="`weights` must be a torch.Tensor, but got"):
+    with pytest.raises(TypeError, match=r"`weights` must be a torch\.Tensor, but got"):
         Constant(weights)  # type: ignore[arg-type]
 
 

@@ -13,8 +13,9 @@ from ._helpers import finite_floats, positive_floats, reload, value_and_grad, ve
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_value_and_gradient(dtype: torch.dtype) -> None:
-    # r = [1, 0], L = [3, 4]: value = 3 - cos = 3 - 3/5. d cos / dL = r/(|r||L|) - (r.L) L/(|r||L|^3)
-    # = [1/5 - 9/125, -12/125] = [0.128, -0.096], so the gradient is r - that = [0.872, 0.096].
+    # r = [1, 0], L = [3, 4]: value = 3 - cos = 3 - 3/5.
+    # d cos / dL = r / (|r| |L|) - (r.L) L / (|r| |L|^3) = [1/5 - 9/125, -12/125] = [0.128, -0.096],
+    # so the gradient is r - that = [0.872, 0.096].
     scalarizer = COSMOS(1.0, torch.tensor([1.0, 0.0], dtype=dtype))
 
     value, grad = value_and_grad(scalarizer, torch.tensor([3.0, 4.0], dtype=dtype))
@@ -110,5 +111,5 @@ def test_lambda_must_be_a_number(lambda_: object) -> None:
 
 @pytest.mark.parametrize("weights", [None, [1.0, 2.0]])
 def test_weights_are_a_required_tensor(weights: object) -> None:
-    with pytest.raises(TypeError, match="`weights` must be a torch.Tensor, but got"):
+    with pytest.raises(TypeError, match=r"`weights` must be a torch\.Tensor, but got"):
         COSMOS(1.0, weights)  # type: ignore[arg-type]

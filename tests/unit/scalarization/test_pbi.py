@@ -130,9 +130,9 @@ def test_theta_must_be_a_finite_non_negative_number(theta: float) -> None:
 def test_bad_types_raise_type_errors() -> None:
     with pytest.raises(TypeError, match="`theta` must be a number, but got str"):
         PBI("5", torch.ones(2))  # type: ignore[arg-type]
-    with pytest.raises(TypeError, match="`weights` must be a torch.Tensor, but got NoneType"):
+    with pytest.raises(TypeError, match=r"`weights` must be a torch\.Tensor, but got NoneType"):
         PBI(5.0, None)  # type: ignore[arg-type]
-    with pytest.raises(TypeError, match="`reference` must be a torch.Tensor or None, but got int"):
+    with pytest.raises(TypeError, match=r"`reference` must be a torch\.Tensor or None, but got"):
         PBI(5.0, torch.ones(2), 0)  # type: ignore[arg-type]
 
 

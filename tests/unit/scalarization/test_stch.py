@@ -124,7 +124,7 @@ def test_mu_must_be_a_number(mu: object) -> None:
 
 @pytest.mark.parametrize("name", ["weights", "reference"])
 def test_weights_and_reference_must_be_tensors_or_none(name: str) -> None:
-    with pytest.raises(TypeError, match=rf"`{name}` must be a torch.Tensor or None, but got list"):
+    with pytest.raises(TypeError, match=rf"`{name}` must be a torch\.Tensor or None, but got list"):
         STCH(0.5, **{name: [1.0, 2.0]})  # type: ignore[arg-type]
 
 
