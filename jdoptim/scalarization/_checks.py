@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import operator
 from collections.abc import Sequence
 
 import torch
@@ -30,20 +31,31 @@ def check_non_negative(name: str, value: object) -> None:
         raise ValueError(f"`{name}` must be a finite number >= 0, but got {value!r}.")
 
 
+def _as_size(value: object) -> int | None:
+    """``value`` as an int if it is an integer (a Python or NumPy int, not a bool), else None."""
+    if isinstance(value, bool):
+        return None
+    try:
+        return operator.index(value)  # type: ignore[arg-type]
+    except TypeError:
+        return None
+
+
 def as_shape(shape: object) -> tuple[int, ...]:
     """Reads ``shape``: an int ``n`` means ``(n,)``; a sequence of ints (a tuple, a list, a
     ``torch.Size``) is taken as it is. Sizes must be ``>= 0``."""
-    if isinstance(shape, int) and not isinstance(shape, bool):
-        sizes: tuple[object, ...] = (shape,)
+    single = _as_size(shape)
+    if single is not None:
+        sizes: list[int | None] = [single]
     elif isinstance(shape, Sequence) and not isinstance(shape, str):
-        sizes = tuple(shape)
+        sizes = [_as_size(size) for size in shape]
     else:
         raise TypeError(
             f"`shape` must be an int or a sequence of ints, but got {type(shape).__name__}."
         )
     result = []
     for size in sizes:
-        if not isinstance(size, int) or isinstance(size, bool):
+        if size is None:
             raise TypeError(f"`shape` must be an int or a sequence of ints, but got {shape!r}.")
         if size < 0:
             raise ValueError(f"`shape` must hold sizes >= 0, but got {shape!r}.")

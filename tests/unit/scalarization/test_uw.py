@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -110,3 +111,8 @@ def test_negative_sizes_raise_a_value_error(shape: object) -> None:
 def test_values_of_another_shape_raise_a_value_error() -> None:
     with pytest.raises(ValueError, match=r"`log_var`, \(2, 3\), but got shape \(6,\)"):
         UW((2, 3))(torch.ones(6))
+
+
+def test_numpy_integers_are_accepted_as_sizes() -> None:
+    assert repr(UW(np.int64(3))) == "UW(shape=(3,))"
+    assert repr(UW((np.int32(2), 3))) == "UW(shape=(2, 3))"
