@@ -11,7 +11,13 @@ from types import ModuleType
 import pytest
 
 DOCS = Path(__file__).resolve().parents[2] / "docs"
-PACKAGES = ["jdoptim", "jdoptim.aggregation", "jdoptim.autojac", "jdoptim.autogram"]
+PACKAGES = [
+    "jdoptim",
+    "jdoptim.aggregation",
+    "jdoptim.autojac",
+    "jdoptim.autogram",
+    "jdoptim.scalarization",
+]
 
 
 def import_or_skip(package: str) -> ModuleType:
