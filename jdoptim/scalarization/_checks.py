@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import math
 import operator
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 
 def check_number(name: str, value: object) -> float:
@@ -89,3 +90,16 @@ def check_same_shape(values: Tensor, tensor: Tensor | None, name: str) -> None:
             f"`values` must have the shape of `{name}`, {tuple(tensor.shape)}, but got shape "
             f"{tuple(values.shape)}."
         )
+
+
+def adopt_optional_buffers(
+    module: nn.Module, state_dict: Mapping[str, Any], prefix: str, names: tuple[str, ...]
+) -> None:
+    """Before ``module`` loads ``state_dict``: each optional buffer of ``names`` that is None
+    here but saved there takes the saved tensor, so that a checkpoint of an instance whose
+    ``weights``/``reference`` were assigned after construction loads into a fresh instance built
+    with None."""
+    for name in names:
+        saved = state_dict.get(prefix + name)
+        if getattr(module, name) is None and isinstance(saved, Tensor):
+            setattr(module, name, saved.detach().clone())

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import Tensor
 
 from ._base import Scalarizer
-from ._checks import check_non_negative, check_same_shape, config_tensor
+from ._checks import adopt_optional_buffers, check_non_negative, check_same_shape, config_tensor
 
 # Under the square root of the distance to the ray: keeps its gradient finite on the ray.
 _EPS = 1e-12
@@ -33,6 +35,9 @@ class PBI(Scalarizer):
             paper's use (not enforced). Stored as the buffer ``weights``.
         reference: the reference point :math:`z^*`, with the shape of the values; ``None``
             (default) means the origin. Stored as the buffer ``reference``.
+
+    Both buffers may be reassigned between calls (to sample a new preference every batch); a
+    ``state_dict`` that holds a reference also loads into an instance built with ``None``.
 
     Example:
         >>> import torch
@@ -65,6 +70,21 @@ class PBI(Scalarizer):
         perpendicular = f - d1 * direction
         d2: Tensor = (perpendicular @ perpendicular + _EPS).sqrt()
         return d1 + self.theta * d2
+
+    def _load_from_state_dict(
+        self,
+        state_dict: dict[str, Any],
+        prefix: str,
+        local_metadata: dict[str, Any],
+        strict: bool,
+        missing_keys: list[str],
+        unexpected_keys: list[str],
+        error_msgs: list[str],
+    ) -> None:
+        adopt_optional_buffers(self, state_dict, prefix, ("reference",))
+        super()._load_from_state_dict(
+            state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
+        )
 
     def __repr__(self) -> str:
         return (

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import Tensor
 
 from ._base import Scalarizer
-from ._checks import check_positive, check_same_shape, config_tensor
+from ._checks import adopt_optional_buffers, check_positive, check_same_shape, config_tensor
 
 
 class STCH(Scalarizer):
@@ -27,6 +29,9 @@ class STCH(Scalarizer):
             every entry. Stored as the buffer ``weights``.
         reference: the ideal point :math:`z^*` subtracted from the values, with their shape.
             ``None`` (default) means no shift. Stored as the buffer ``reference``.
+
+    Both buffers may be reassigned between calls (to sample a new preference every batch); a
+    ``state_dict`` that holds them also loads into an instance built with ``None``.
 
     Example:
         >>> import torch
@@ -63,6 +68,21 @@ class STCH(Scalarizer):
         # The shift is a constant: the gradient of the value is then exactly the softmax.
         top = y.detach().max()
         return top + self.mu * torch.logsumexp((y - top) / self.mu, dim=0)
+
+    def _load_from_state_dict(
+        self,
+        state_dict: dict[str, Any],
+        prefix: str,
+        local_metadata: dict[str, Any],
+        strict: bool,
+        missing_keys: list[str],
+        unexpected_keys: list[str],
+        error_msgs: list[str],
+    ) -> None:
+        adopt_optional_buffers(self, state_dict, prefix, ("weights", "reference"))
+        super()._load_from_state_dict(
+            state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
+        )
 
     def __repr__(self) -> str:
         return (

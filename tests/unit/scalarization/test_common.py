@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+import pickle
 from collections.abc import Callable
 
 import pytest
@@ -211,6 +213,31 @@ def test_state_dict_loads_into_a_fresh_instance_and_gives_the_same_values(name: 
     actual = fresh(VALUES * 3)
 
     assert torch.equal(actual, expected)
+
+
+@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("copy_with", ["deepcopy", "pickle"])
+def test_a_copied_scalarizer_continues_like_the_original(name: str, copy_with: str) -> None:
+    source = _build(name)
+    with torch.no_grad():
+        source(VALUES)
+        if isinstance(source, DWA):
+            source.step()
+            source(VALUES * 0.5)
+            source.step()
+        source(VALUES * 0.7)
+    if copy_with == "deepcopy":
+        copied = copy.deepcopy(source)
+    else:
+        copied = pickle.loads(pickle.dumps(source))
+    if isinstance(source, FAMO):
+        source.update(VALUES * 0.6)
+        copied.update(VALUES * 0.6)
+
+    torch.manual_seed(4)
+    expected = source(VALUES * 0.4)
+    torch.manual_seed(4)
+    assert torch.equal(copied(VALUES * 0.4), expected)
 
 
 @pytest.mark.parametrize("name", NAMES)

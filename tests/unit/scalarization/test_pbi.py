@@ -108,6 +108,16 @@ def test_weights_and_reference_reload_into_a_fresh_instance() -> None:
     assert torch.equal(fresh(values), source(values))
 
 
+def test_a_reference_assigned_after_construction_reloads_into_an_instance_built_with_none() -> None:
+    source = PBI(5.0, torch.tensor([1.0, 2.0]))
+    source.reference = torch.tensor([0.5, -0.5])
+
+    fresh = reload(source, PBI(5.0, torch.ones(2)))
+
+    values = torch.tensor([1.0, 3.0])
+    assert torch.equal(fresh(values), source(values))
+
+
 @pytest.mark.parametrize(
     ("kwargs", "name"),
     [({"weights": torch.ones(2, 2)}, "weights"), ({"reference": torch.ones(2, 2)}, "reference")],

@@ -95,6 +95,21 @@ def test_weights_and_reference_are_buffers_that_reload_into_a_fresh_instance() -
     assert list(dict(source.named_buffers())) == ["weights", "reference"]
 
 
+def test_weights_assigned_after_construction_reload_into_an_instance_built_with_none() -> None:
+    source = STCH(0.5)
+    source.weights = torch.tensor([0.3, 0.7])
+    source.reference = torch.tensor([1.0, 0.0])
+
+    fresh = reload(source, STCH(0.5))
+
+    assert isinstance(fresh, STCH)
+    assert fresh.weights is not None
+    assert fresh.reference is not None
+    assert fresh.weights.tolist() == pytest.approx([0.3, 0.7])
+    values = torch.tensor([2.0, 3.0])
+    assert torch.equal(fresh(values), source(values))
+
+
 def test_weights_may_be_reassigned_between_calls() -> None:
     scalarizer = STCH(1e-6)
     scalarizer.weights = torch.tensor([1.0, 10.0])
