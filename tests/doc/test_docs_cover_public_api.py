@@ -17,6 +17,7 @@ PACKAGES = [
     "jdoptim.autojac",
     "jdoptim.autogram",
     "jdoptim.optim",
+    "jdoptim.scalarization",
 ]
 
 
