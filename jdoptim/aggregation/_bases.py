@@ -24,6 +24,33 @@ def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float32 if dtype in _LOW_PRECISION else dtype
 
 
+def check_losses(losses: object, m: int, user: str, like: Tensor) -> Tensor:
+    """The ``[m]`` loss values of a loss-aware method, on ``like``'s device and dtype, detached.
+
+    Missing losses raise ``TypeError`` naming the argument; a wrong shape ``ValueError``.
+    """
+    if losses is None:
+        raise TypeError(
+            f"{user} reads the loss values: call it with the keyword argument `losses` (a tensor "
+            f"of the {m} losses), but got none."
+        )
+    if not isinstance(losses, Tensor):
+        raise TypeError(f"`losses` must be a torch.Tensor, but got {type(losses).__name__}.")
+    if losses.shape != (m,):
+        raise ValueError(
+            f"`losses` must have shape [m] = [{m}] (one loss per row), but got shape "
+            f"{list(losses.shape)}."
+        )
+    return losses.detach().to(device=like.device, dtype=like.dtype)
+
+
+def reset_state(module: nn.Module) -> None:
+    """Calls ``module.reset()`` when the module is stateful (has a ``reset`` method)."""
+    reset = getattr(module, "reset", None)
+    if callable(reset):
+        reset()
+
+
 class Aggregator(nn.Module, ABC):
     r"""Turns a Jacobian matrix ``[m, n]`` (one row per objective) into one update vector ``[n]``.
 
@@ -42,11 +69,15 @@ class Aggregator(nn.Module, ABC):
     #: :class:`NonDifferentiableError` on backpropagation.
     differentiable: bool = True
 
+    #: Whether the aggregator also reads the loss values: it is then called as
+    #: ``aggregator(matrix, losses=losses)`` with the ``[m]`` losses of the current step.
+    requires_losses: bool = False
+
     @abstractmethod
     def forward(self, matrix: Tensor, /) -> Tensor:
         """Aggregates a validated 2-D ``matrix`` (float32 or float64) into a vector."""
 
-    def __call__(self, matrix: Tensor, /) -> Tensor:
+    def __call__(self, matrix: Tensor, /, *, losses: Tensor | None = None) -> Tensor:
         if not isinstance(matrix, Tensor):
             raise TypeError(f"`matrix` must be a torch.Tensor, but got {type(matrix).__name__}.")
         if matrix.dim() != 2:
@@ -57,7 +88,12 @@ class Aggregator(nn.Module, ABC):
         dtype = matrix.dtype
         if not dtype.is_floating_point:
             raise TypeError(f"`matrix` must have a floating dtype, but got {dtype}.")
-        output: Tensor = super().__call__(matrix.to(_compute_dtype(dtype)))
+        compute_matrix = matrix.to(_compute_dtype(dtype))
+        if self.requires_losses:
+            checked = check_losses(losses, matrix.shape[0], type(self).__name__, compute_matrix)
+            output: Tensor = super().__call__(compute_matrix, losses=checked)
+        else:
+            output = super().__call__(compute_matrix)
         output = output.to(dtype)
         if not self.differentiable:
             output = make_non_differentiable(output, matrix, type(self).__name__)
@@ -73,9 +109,12 @@ class Aggregator(nn.Module, ABC):
 class Weighting(nn.Module, ABC):
     r"""Turns a statistic of the Jacobian into a vector of weights ``[m]``, one per objective.
 
-    Every weighting of jdoptim is Gramian-based: the statistic is the Gramian ``G = J Jᵀ`` of
-    shape ``[m, m]``. Calling the weighting checks that the Gramian is square, computes in
-    float32 for half-precision inputs and returns weights with the input's device and dtype.
+    Most weightings are Gramian-based: the statistic is the Gramian ``G = J Jᵀ`` of shape
+    ``[m, m]`` (or, for the double-sampling methods, the square product ``J₁ J₂ᵀ`` of the
+    Jacobians of two mini-batches); those of :class:`MatrixWeighting` read the Jacobian itself.
+    Calling the weighting checks the statistic's shape, computes in float32 for half-precision
+    inputs and returns weights with the input's device and dtype. Weightings that also read the
+    loss values (``requires_losses = True``) take them as the keyword argument ``losses``.
 
     Example:
         >>> import torch
@@ -87,22 +126,44 @@ class Weighting(nn.Module, ABC):
     #: Whether gradients may flow through the weights.
     differentiable: bool = True
 
+    #: Whether the weighting also reads the loss values: it is then called as
+    #: ``weighting(stat, losses=losses)`` with the ``[m]`` losses of the current step.
+    requires_losses: bool = False
+
     @abstractmethod
     def forward(self, gramian: Tensor, /) -> Tensor:
         """Computes weights ``[m]`` from a validated square ``gramian`` ``[m, m]``."""
 
-    def __call__(self, gramian: Tensor, /) -> Tensor:
-        if not isinstance(gramian, Tensor):
-            raise TypeError(f"`gramian` must be a torch.Tensor, but got {type(gramian).__name__}.")
-        if gramian.dim() != 2 or gramian.shape[0] != gramian.shape[1]:
+    def _reads_jacobian(self) -> bool:
+        """Whether the statistic is the Jacobian ``[m, n]`` rather than an ``[m, m]`` matrix."""
+        return False
+
+    def _check_statistic(self, stat: Tensor) -> None:
+        """Raises ``ValueError`` unless ``stat`` has the shape this weighting reads.
+
+        Gramian weightings read a square matrix ``[m, m]`` (a Gramian, or for some methods the
+        non-symmetric product of the Jacobians of two mini-batches).
+        """
+        if stat.dim() != 2 or stat.shape[0] != stat.shape[1]:
             raise ValueError(
                 f"`gramian` must be a square matrix of shape [m, m], but got shape "
-                f"{list(gramian.shape)}."
+                f"{list(stat.shape)}."
             )
+
+    def __call__(self, gramian: Tensor, /, *, losses: Tensor | None = None) -> Tensor:
+        name = "matrix" if self._reads_jacobian() else "gramian"
+        if not isinstance(gramian, Tensor):
+            raise TypeError(f"`{name}` must be a torch.Tensor, but got {type(gramian).__name__}.")
+        self._check_statistic(gramian)
         dtype = gramian.dtype
         if not dtype.is_floating_point:
-            raise TypeError(f"`gramian` must have a floating dtype, but got {dtype}.")
-        weights: Tensor = super().__call__(gramian.to(_compute_dtype(dtype)))
+            raise TypeError(f"`{name}` must have a floating dtype, but got {dtype}.")
+        stat = gramian.to(_compute_dtype(dtype))
+        if self.requires_losses:
+            checked = check_losses(losses, gramian.shape[0], type(self).__name__, stat)
+            weights: Tensor = super().__call__(stat, losses=checked)
+        else:
+            weights = super().__call__(stat)
         weights = weights.to(dtype)
         if not self.differentiable:
             weights = make_non_differentiable(weights, gramian, type(self).__name__)
@@ -140,6 +201,12 @@ class GramianWeightedAggregator(Aggregator):
                 "`gramian_weighting` must be a jdoptim.aggregation.Weighting, but got "
                 f"{_describe(gramian_weighting)}."
             )
+        if gramian_weighting._reads_jacobian():
+            raise ValueError(
+                "`gramian_weighting` must read the Gramian, but got "
+                f"{gramian_weighting!r}, which reads the Jacobian: use "
+                "WeightedAggregator instead."
+            )
         self.gramian_weighting = gramian_weighting
 
     @property
@@ -147,9 +214,21 @@ class GramianWeightedAggregator(Aggregator):
         """The Gramian weighting of this aggregator (same object as :attr:`gramian_weighting`)."""
         return self.gramian_weighting
 
-    def forward(self, matrix: Tensor, /) -> Tensor:
+    @property
+    def requires_losses(self) -> bool:  # type: ignore[override]
+        """Whether the weighting reads the loss values (then pass ``losses=`` to the call)."""
+        return self.gramian_weighting.requires_losses
+
+    def reset(self) -> None:
+        """Resets the state of the weighting, if it has any (see its ``reset``)."""
+        reset_state(self.gramian_weighting)
+
+    def forward(self, matrix: Tensor, /, *, losses: Tensor | None = None) -> Tensor:
         gramian = matrix @ matrix.T
-        weights = self.gramian_weighting(gramian)
+        if losses is None:
+            weights = self.gramian_weighting(gramian)
+        else:
+            weights = self.gramian_weighting(gramian, losses=losses)
         return weights @ matrix
 
     def __repr__(self) -> str:
