@@ -89,17 +89,18 @@ class CRMOGMWeighting(StatefulModule, Weighting):
         self.weighting._check_statistic(stat)
 
     def forward(self, gramian: Tensor, /, *, losses: Tensor | None = None) -> Tensor:
-        if losses is None:
-            current = self.weighting(gramian)
-        else:
-            current = self.weighting(gramian, losses=losses)
-        m = current.shape[0]
+        m = gramian.shape[0]
         stored = self._state("weights")
+        # Checked before the inner weighting runs, so that its state is left untouched too.
         if stored.shape[0] not in (0, m):
             raise ValueError(
                 f"CRMOGMWeighting holds the average of {stored.shape[0]} weights but got a "
                 f"statistic with m = {m} objectives: call reset() before changing m."
             )
+        if losses is None:
+            current = self.weighting(gramian)
+        else:
+            current = self.weighting(gramian, losses=losses)
         if not bool(torch.isfinite(current).all()):
             return torch.full_like(current, float("nan"))
         if stored.shape[0] == m:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import torch
 from torch import Tensor
 
 from ._bases import GeneralizedWeighting, Weighting, _describe, reset_state
@@ -75,6 +76,8 @@ class DoubleSampling(GeneralizedWeighting):
             )
         cross = generalized_gramian[0, :, :, 1]
         weights = self.weighting(cross)
+        if not bool(torch.isfinite(weights).all()):
+            return weights.new_full((k, weights.shape[0]), float("nan"))
         result = weights.new_zeros(k, weights.shape[0])
         if self.update == "third":
             result[2] = weights

@@ -51,6 +51,8 @@ def _priority_descent(
     while True:
         slacks = gramian[1:] @ coefficients - targets
         slacks[[j - 1 for j in active]] = np.inf
+        if slacks.size == 0:
+            return coefficients
         candidate = int(np.argmin(slacks)) + 1
         if slacks[candidate - 1] >= -tolerance:
             return coefficients
