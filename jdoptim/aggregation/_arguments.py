@@ -132,10 +132,11 @@ def vector(
     return check
 
 
-def check_length(vector: Tensor, name: str, m: int) -> None:
-    """Raises ``ValueError`` unless the 1-D tensor ``name`` has ``m`` entries."""
-    if vector.shape[0] != m:
+def check_length(
+    vector: Tensor, name: str, length: int, what: str = "one per objective of the input"
+) -> None:
+    """Raises ``ValueError`` unless the 1-D tensor ``name`` has ``length`` entries."""
+    if vector.shape[0] != length:
         raise ValueError(
-            f"`{name}` must have {m} entries (one per objective of the input), but got shape "
-            f"{list(vector.shape)}."
+            f"`{name}` must have {length} entries ({what}), but got shape {list(vector.shape)}."
         )

@@ -157,7 +157,7 @@ class PCDWeighting(StatefulModule, Weighting):
         m = gramian.shape[0]
         tau = self.tau
         if isinstance(tau, Tensor):
-            check_length(tau, "tau", m - 1)
+            check_length(tau, "tau", m - 1, f"one per secondary objective: m - 1, with m = {m}")
         array = gramian.detach().to(device="cpu", dtype=torch.float64).numpy()
         if not np.isfinite(array).all():
             return gramian.new_full((m,), float("nan"))
