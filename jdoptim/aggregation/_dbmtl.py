@@ -75,6 +75,8 @@ class DBMTL(StatefulModule, Aggregator):
     def forward(self, matrix: Tensor, /, *, losses: Tensor | None = None) -> Tensor:
         assert losses is not None  # The base class checks that the losses were given.
         jacobian = matrix.detach()
+        if jacobian.shape[0] == 0:
+            return matrix.new_zeros(matrix.shape[1:])
         if bool(torch.isfinite(losses).all()):
             _check_losses_are_non_negative(losses)
         average = self._state("average")
@@ -120,6 +122,8 @@ class DBMTLWeighting(Weighting):
     def forward(self, gramian: Tensor, /, *, losses: Tensor | None = None) -> Tensor:
         assert losses is not None  # The base class checks that the losses were given.
         gramian = gramian.detach()
+        if gramian.shape[0] == 0:
+            return gramian.new_zeros(0)
         if bool(torch.isfinite(losses).all()):
             _check_losses_are_non_negative(losses)
         inverse = 1.0 / (losses + _EPS)

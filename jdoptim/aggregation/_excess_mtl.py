@@ -67,6 +67,8 @@ class ExcessMTLWeighting(StatefulModule, MatrixWeighting):
 
     def forward(self, matrix: Tensor, /) -> Tensor:
         m = matrix.shape[0]
+        if m == 0:
+            return matrix.new_zeros(0)
         jacobian = matrix.detach()
         squared_sum = self._state("squared_sum")
         fresh = squared_sum.shape != jacobian.shape

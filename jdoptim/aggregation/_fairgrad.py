@@ -65,6 +65,8 @@ class FairGradWeighting(Weighting):
 
     def forward(self, gramian: Tensor, /) -> Tensor:
         m = gramian.shape[0]
+        if m == 0:
+            return gramian.new_zeros(0)
         array = gramian.detach().to(device="cpu", dtype=torch.float64).numpy()
         if not np.isfinite(array).all():
             return gramian.new_full((m,), float("nan"))

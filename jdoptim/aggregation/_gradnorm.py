@@ -70,6 +70,8 @@ class GradNormWeighting(StatefulModule, Weighting):
     def forward(self, gramian: Tensor, /, *, losses: Tensor | None = None) -> Tensor:
         assert losses is not None  # The base class checks that the losses were given.
         m = gramian.shape[0]
+        if m == 0:
+            return gramian.new_zeros(0)
         squared_norms = gramian.detach().diagonal().to("cpu", torch.float64)
         loss_values = losses.to("cpu", torch.float64)
         if not bool(torch.isfinite(squared_norms).all() & torch.isfinite(loss_values).all()):

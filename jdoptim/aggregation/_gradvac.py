@@ -67,6 +67,8 @@ class GradVacWeighting(StatefulModule, Weighting):
 
     def forward(self, gramian: Tensor, /) -> Tensor:
         m = gramian.shape[0]
+        if m == 0:
+            return gramian.new_zeros(0)
         matrix = gramian.detach().to("cpu", torch.float64)
         if not bool(torch.isfinite(matrix).all()):
             return gramian.new_full((m,), float("nan"))

@@ -81,6 +81,8 @@ class MoCo(StatefulModule, Aggregator):
     def forward(self, matrix: Tensor, /) -> Tensor:
         jacobian = matrix.detach()
         m = jacobian.shape[0]
+        if m == 0:
+            return matrix.new_zeros(matrix.shape[1:])
         tracked = self._state("tracked")
         fresh = tracked.shape != jacobian.shape
         tracked = jacobian.new_zeros(jacobian.shape) if fresh else tracked.to(jacobian)

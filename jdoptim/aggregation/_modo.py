@@ -70,6 +70,8 @@ class MoDoWeighting(StatefulModule, Weighting):
 
     def forward(self, gramian: Tensor, /) -> Tensor:
         m = gramian.shape[0]
+        if m == 0:
+            return gramian.new_zeros(0)
         cross = gramian.detach().to("cpu", torch.float64)
         if not bool(torch.isfinite(cross).all()):
             return gramian.new_full((m,), float("nan"))

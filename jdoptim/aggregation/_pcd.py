@@ -158,6 +158,8 @@ class PCDWeighting(StatefulModule, Weighting):
         tau = self.tau
         if isinstance(tau, Tensor):
             check_length(tau, "tau", m - 1, f"one per secondary objective: m - 1, with m = {m}")
+        if m == 0:
+            return gramian.new_zeros(0)
         array = gramian.detach().to(device="cpu", dtype=torch.float64).numpy()
         if not np.isfinite(array).all():
             return gramian.new_full((m,), float("nan"))

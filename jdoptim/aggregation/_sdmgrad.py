@@ -77,6 +77,8 @@ class SDMGradWeighting(StatefulModule, Weighting):
 
     def forward(self, gramian: Tensor, /) -> Tensor:
         m = gramian.shape[0]
+        if m == 0:
+            return gramian.new_zeros(0)
         preference = self.pref_vector
         if preference is None:
             preference = torch.full((m,), 1.0 / m, dtype=torch.float64)

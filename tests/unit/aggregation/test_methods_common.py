@@ -221,3 +221,13 @@ def test_crmogm_refuses_a_new_number_of_objectives_until_reset(case: MethodCase)
         case.call(module, matrix, loss)
     module.reset()  # type: ignore[operator]
     assert torch.equal(case.call(module, matrix, loss), case.call(case.make(), matrix, loss))
+
+
+@pytest.mark.parametrize("case", params(CASES))
+def test_no_objectives_give_an_empty_result_and_no_state(case: MethodCase) -> None:
+    module = case.make()
+    state = {key: value.clone() for key, value in module.state_dict().items()}
+    output = case.call(module, torch.zeros(0, 4, dtype=torch.float64), torch.zeros(0))
+    assert output.numel() == 0 or torch.equal(output, torch.zeros(4, dtype=torch.float64))
+    after = module.state_dict()
+    assert all(torch.equal(after[key], value) for key, value in state.items())
