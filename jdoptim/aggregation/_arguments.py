@@ -57,11 +57,14 @@ def real(
     high_open: bool = False,
 ) -> Callable[[str, Any], float]:
     """A check that accepts finite numbers in the interval from ``low`` to ``high``."""
-    left = "(" if low_open else "["
-    right = ")" if high_open else "]"
-    low_text = "-inf" if low is None else low
-    high_text = "inf" if high is None else high
-    interval = f"in {left}{low_text}, {high_text}{right}"
+    if low is not None and high is not None:
+        left = "(" if low_open else "["
+        right = ")" if high_open else "]"
+        interval = f"in {left}{low}, {high}{right}"
+    elif low is not None:
+        interval = f"{'>' if low_open else '>='} {low}"
+    else:
+        interval = f"{'<' if high_open else '<='} {high}"
 
     def check(name: str, value: Any) -> float:
         number = _number(name, value)
@@ -140,3 +143,25 @@ def check_length(
         raise ValueError(
             f"`{name}` must have {length} entries ({what}), but got shape {list(vector.shape)}."
         )
+
+
+class Forwarded:
+    """An attribute of an aggregator that is the same-named attribute of its weighting.
+
+    The weighting validates it on set, so ``aggregator.alpha = value`` behaves exactly like
+    ``aggregator.weighting.alpha = value``.
+    """
+
+    def __init__(self) -> None:
+        self.name = ""
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.name = name
+
+    def __get__(self, instance: object | None, owner: type) -> Any:
+        if instance is None:
+            return self
+        return getattr(instance.weighting, self.name)  # type: ignore[attr-defined]
+
+    def __set__(self, instance: object, value: Any) -> None:
+        setattr(instance.weighting, self.name, value)  # type: ignore[attr-defined]

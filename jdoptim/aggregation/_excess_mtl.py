@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from ._arguments import Checked, integer, real
+from ._arguments import Checked, Forwarded, integer, real
 from ._matrix_weighting import MatrixWeighting, WeightedAggregator
 from ._state import StatefulModule
 
@@ -125,6 +125,9 @@ class ExcessMTL(WeightedAggregator):
     """
 
     weighting: ExcessMTLWeighting
+
+    robust_step_size = Forwarded()
+    n_warmup_steps = Forwarded()
 
     def __init__(self, robust_step_size: float = 1.0, n_warmup_steps: int = 0) -> None:
         super().__init__(ExcessMTLWeighting(robust_step_size, n_warmup_steps))

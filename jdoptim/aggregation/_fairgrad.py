@@ -8,7 +8,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ._arguments import Checked, optional_integer, real
+from ._arguments import Checked, Forwarded, optional_integer, real
 from ._bases import GramianWeightedAggregator, Weighting
 from ._optional import require
 
@@ -131,6 +131,9 @@ class FairGrad(GramianWeightedAggregator):
     differentiable = False
 
     gramian_weighting: FairGradWeighting
+
+    alpha = Forwarded()
+    max_iters = Forwarded()
 
     def __init__(self, alpha: float, max_iters: int | None = None) -> None:
         super().__init__(FairGradWeighting(alpha, max_iters))

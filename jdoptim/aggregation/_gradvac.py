@@ -8,7 +8,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ._arguments import Checked, real
+from ._arguments import Checked, Forwarded, real
 from ._bases import GramianWeightedAggregator, Weighting
 from ._state import StatefulModule
 
@@ -129,6 +129,9 @@ class GradVac(GramianWeightedAggregator):
     differentiable = False
 
     gramian_weighting: GradVacWeighting
+
+    beta = Forwarded()
+    eps = Forwarded()
 
     def __init__(self, beta: float = 0.5, eps: float = 1e-8) -> None:
         super().__init__(GradVacWeighting(beta, eps))

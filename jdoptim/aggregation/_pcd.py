@@ -6,7 +6,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ._arguments import Checked, check_length, real
+from ._arguments import Checked, Forwarded, check_length, real
 from ._bases import GramianWeightedAggregator, Weighting
 from ._state import StatefulModule
 
@@ -225,6 +225,10 @@ class PCD(GramianWeightedAggregator):
     differentiable = False
 
     gramian_weighting: PCDWeighting
+
+    tau = Forwarded()
+    beta = Forwarded()
+    eps = Forwarded()
 
     def __init__(self, tau: float | Tensor = 0.02, beta: float = 0.999, eps: float = 1e-8) -> None:
         super().__init__(PCDWeighting(tau, beta, eps))

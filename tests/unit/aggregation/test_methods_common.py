@@ -10,7 +10,15 @@ import torch
 from _methods import CASES, STATEFUL_CASES, MethodCase, jacobians, losses, params
 from torch import Tensor, nn
 
-from jdoptim.aggregation import CRMOGMWeighting, MGDAWeighting, NonDifferentiableError
+from jdoptim.aggregation import (
+    PCD,
+    CRMOGMWeighting,
+    ExcessMTL,
+    FairGrad,
+    GradVac,
+    MGDAWeighting,
+    NonDifferentiableError,
+)
 
 
 def _run(case: MethodCase, module: nn.Module, start: int = 0, stop: int = 5) -> list[Tensor]:
@@ -231,3 +239,24 @@ def test_no_objectives_give_an_empty_result_and_no_state(case: MethodCase) -> No
     assert output.numel() == 0 or torch.equal(output, torch.zeros(4, dtype=torch.float64))
     after = module.state_dict()
     assert all(torch.equal(after[key], value) for key, value in state.items())
+
+
+@pytest.mark.parametrize(
+    ("aggregator", "name", "value", "bad"),
+    [
+        (FairGrad(1.0), "alpha", 2.0, -1.0),
+        (GradVac(), "beta", 0.1, 2.0),
+        (PCD(), "tau", 0.3, 1.5),
+        (ExcessMTL(), "n_warmup_steps", 3, -1),
+    ],
+    ids=["FairGrad", "GradVac", "PCD", "ExcessMTL"],
+)
+def test_aggregator_arguments_are_settable_attributes_of_the_weighting(
+    aggregator: nn.Module, name: str, value: object, bad: object
+) -> None:
+    setattr(aggregator, name, value)
+    assert getattr(aggregator, name) == value
+    assert getattr(aggregator.weighting, name) == value
+    with pytest.raises(ValueError, match=f"`{name}` must"):
+        setattr(aggregator, name, bad)
+    assert getattr(aggregator, name) == value
