@@ -260,3 +260,17 @@ def test_aggregator_arguments_are_settable_attributes_of_the_weighting(
     with pytest.raises(ValueError, match=f"`{name}` must"):
         setattr(aggregator, name, bad)
     assert getattr(aggregator, name) == value
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("case", params(CASES))
+def test_a_move_to_cuda_keeps_the_state(case: MethodCase) -> None:
+    expected = _run(case, case.make())
+    module = case.make()
+    _run(case, module, 0, 2)
+    module.to("cuda")
+    for index in range(2, 5):
+        torch.manual_seed(100 + index)  # GradVac draws from the CPU generator on any device
+        output = case.call(module, jacobians()[index].cuda(), losses()[index].cuda())
+        assert output.device.type == "cuda"
+        torch.testing.assert_close(output.cpu(), expected[index], rtol=1e-6, atol=1e-9)
