@@ -1,7 +1,7 @@
 """Instance-wise risk minimisation with the autogram engine, against the summed-loss step.
 
-One training step on the small CNN of the performance suite (3 convolutions + 2 linear layers, 32×32 RGB
-inputs, batch 64, one cross-entropy loss per sample), in these configurations:
+One training step on the small CNN of the performance suite (3 convolutions + 2 linear layers,
+32×32 RGB inputs, batch 64, one cross-entropy loss per sample), in these configurations:
 
 - ``summed``: ``losses.mean().backward()`` + SGD step (the floor);
 - ``autogram``: ``UPGradWeighting()(engine.compute_gramian(losses))``, then

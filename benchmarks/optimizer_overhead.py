@@ -1,7 +1,7 @@
 """``JacobianOptimizer.step`` against the same low-level calls written by hand.
 
-One training step of the MLP trunk of the performance suite (4 hidden layers of 512 units, batch 64) with
-``m`` losses (one mean squared error per output), in three configurations:
+One training step of the MLP trunk of the performance suite (4 hidden layers of 512 units,
+batch 64) with ``m`` losses (one mean squared error per output), in three configurations:
 
 - ``summed``: ``losses.sum().backward()`` + Adam step (the floor, for context);
 - ``hand-written``: ``autojac.backward(losses, inputs=params)`` +
@@ -39,7 +39,7 @@ CONFIGURATIONS = ("summed", "hand-written", "JacobianOptimizer")
 
 
 def make_mlp(m: int, width: int = 512, depth: int = 4, inputs: int = 64) -> nn.Module:
-    """The MLP trunk of the performance suite (``depth`` hidden layers of ``width``) with ``m`` outputs."""
+    """The MLP trunk of the suite (``depth`` hidden layers of ``width``) with ``m`` outputs."""
     torch.manual_seed(0)
     layers: list[nn.Module] = []
     size = inputs

@@ -55,6 +55,33 @@ class Aggregation(NamedTuple):
     gramian: Tensor | None
 
 
+def check_losses(losses: object, m: int, user: str, like: Tensor) -> Tensor:
+    """The ``[m]`` loss values of a loss-aware method, on ``like``'s device and dtype, detached.
+
+    Missing losses raise ``TypeError`` naming the argument; a wrong shape ``ValueError``.
+    """
+    if losses is None:
+        raise TypeError(
+            f"{user} reads the loss values: call it with the keyword argument `losses` (a tensor "
+            f"of the {m} losses), but got none."
+        )
+    if not isinstance(losses, Tensor):
+        raise TypeError(f"`losses` must be a torch.Tensor, but got {type(losses).__name__}.")
+    if losses.shape != (m,):
+        raise ValueError(
+            f"`losses` must have shape [m] = [{m}] (one loss per row), but got shape "
+            f"{list(losses.shape)}."
+        )
+    return losses.detach().to(device=like.device, dtype=like.dtype)
+
+
+def reset_state(module: nn.Module) -> None:
+    """Calls ``module.reset()`` when the module is stateful (has a ``reset`` method)."""
+    reset = getattr(module, "reset", None)
+    if callable(reset):
+        reset()
+
+
 class Aggregator(nn.Module, ABC):
     r"""Turns a Jacobian matrix ``[m, n]`` (one row per objective) into one update vector ``[n]``.
 
@@ -73,20 +100,25 @@ class Aggregator(nn.Module, ABC):
     #: :class:`NonDifferentiableError` on backpropagation.
     differentiable: bool = True
 
+    #: Whether the aggregator also reads the loss values: it is then called as
+    #: ``aggregator(matrix, losses=losses)`` with the ``[m]`` losses of the current step.
+    requires_losses: bool = False
+
     @abstractmethod
     def forward(self, matrix: Tensor, /) -> Tensor:
         """Aggregates a validated 2-D ``matrix`` (float32 or float64) into a vector."""
 
-    def __call__(self, matrix: Tensor, /) -> Tensor:
-        return self._call(matrix)
+    def __call__(self, matrix: Tensor, /, *, losses: Tensor | None = None) -> Tensor:
+        return self._call(matrix, losses)
 
-    def aggregate(self, matrix: Tensor, /) -> Aggregation:
+    def aggregate(self, matrix: Tensor, /, *, losses: Tensor | None = None) -> Aggregation:
         """Aggregates ``matrix`` and reports the weights and Gramian used, in one call.
 
         The update is what calling the aggregator returns (its hooks fire). ``weights`` and
-        ``gramian`` are ``None`` here; :class:`GramianWeightedAggregator` fills them in, at no
-        extra cost. This is how :class:`~jdoptim.JacobianOptimizer` and
-        :func:`~jdoptim.autojac.jac_to_grad` learn the weights they report.
+        ``gramian`` are ``None`` here; :class:`GramianWeightedAggregator` and
+        :class:`WeightedAggregator` fill in what they know, at no extra cost. This is how
+        :class:`~jdoptim.JacobianOptimizer` and :func:`~jdoptim.autojac.jac_to_grad` learn the
+        weights they report. ``losses`` are passed on to aggregators that read them.
 
         Example:
             >>> import torch
@@ -97,13 +129,18 @@ class Aggregator(nn.Module, ABC):
             >>> TrimmedMean(trim_number=0).aggregate(matrix).weights is None
             True
         """
-        return Aggregation(self(matrix), None, None)
+        return Aggregation(self(matrix, losses=losses), None, None)
 
-    def _call(self, matrix: Tensor, **forward_kwargs: Any) -> Tensor:
-        """Checks ``matrix``, runs the module (hooks included) in the compute dtype, casts back."""
+    def _call(self, matrix: Tensor, losses: Tensor | None, **forward_kwargs: Any) -> Tensor:
+        """Checks ``matrix`` (and the losses of a loss-aware aggregator), runs the module (hooks
+        included) in the compute dtype and casts the result back."""
         _check_matrix(matrix)
         dtype = matrix.dtype
-        output: Tensor = super().__call__(matrix.to(_compute_dtype(dtype)), **forward_kwargs)
+        compute_matrix = matrix.to(_compute_dtype(dtype))
+        if self.requires_losses:
+            name = type(self).__name__
+            forward_kwargs["losses"] = check_losses(losses, matrix.shape[0], name, compute_matrix)
+        output: Tensor = super().__call__(compute_matrix, **forward_kwargs)
         output = output.to(dtype)
         if not self.differentiable:
             output = make_non_differentiable(output, matrix, type(self).__name__)
@@ -119,9 +156,12 @@ class Aggregator(nn.Module, ABC):
 class Weighting(nn.Module, ABC):
     r"""Turns a statistic of the Jacobian into a vector of weights ``[m]``, one per objective.
 
-    Every weighting of jdoptim is Gramian-based: the statistic is the Gramian ``G = J Jᵀ`` of
-    shape ``[m, m]``. Calling the weighting checks that the Gramian is square, computes in
-    float32 for half-precision inputs and returns weights with the input's device and dtype.
+    Most weightings are Gramian-based: the statistic is the Gramian ``G = J Jᵀ`` of shape
+    ``[m, m]`` (or, for the double-sampling methods, the square product ``J₁ J₂ᵀ`` of the
+    Jacobians of two mini-batches); those of :class:`MatrixWeighting` read the Jacobian itself.
+    Calling the weighting checks the statistic's shape, computes in float32 for half-precision
+    inputs and returns weights with the input's device and dtype. Weightings that also read the
+    loss values (``requires_losses = True``) take them as the keyword argument ``losses``.
 
     Example:
         >>> import torch
@@ -133,22 +173,44 @@ class Weighting(nn.Module, ABC):
     #: Whether gradients may flow through the weights.
     differentiable: bool = True
 
+    #: Whether the weighting also reads the loss values: it is then called as
+    #: ``weighting(stat, losses=losses)`` with the ``[m]`` losses of the current step.
+    requires_losses: bool = False
+
     @abstractmethod
     def forward(self, gramian: Tensor, /) -> Tensor:
         """Computes weights ``[m]`` from a validated square ``gramian`` ``[m, m]``."""
 
-    def __call__(self, gramian: Tensor, /) -> Tensor:
-        if not isinstance(gramian, Tensor):
-            raise TypeError(f"`gramian` must be a torch.Tensor, but got {type(gramian).__name__}.")
-        if gramian.dim() != 2 or gramian.shape[0] != gramian.shape[1]:
+    def _reads_jacobian(self) -> bool:
+        """Whether the statistic is the Jacobian ``[m, n]`` rather than an ``[m, m]`` matrix."""
+        return False
+
+    def _check_statistic(self, stat: Tensor) -> None:
+        """Raises ``ValueError`` unless ``stat`` has the shape this weighting reads.
+
+        Gramian weightings read a square matrix ``[m, m]`` (a Gramian, or for some methods the
+        non-symmetric product of the Jacobians of two mini-batches).
+        """
+        if stat.dim() != 2 or stat.shape[0] != stat.shape[1]:
             raise ValueError(
                 f"`gramian` must be a square matrix of shape [m, m], but got shape "
-                f"{list(gramian.shape)}."
+                f"{list(stat.shape)}."
             )
+
+    def __call__(self, gramian: Tensor, /, *, losses: Tensor | None = None) -> Tensor:
+        name = "matrix" if self._reads_jacobian() else "gramian"
+        if not isinstance(gramian, Tensor):
+            raise TypeError(f"`{name}` must be a torch.Tensor, but got {type(gramian).__name__}.")
+        self._check_statistic(gramian)
         dtype = gramian.dtype
         if not dtype.is_floating_point:
-            raise TypeError(f"`gramian` must have a floating dtype, but got {dtype}.")
-        weights: Tensor = super().__call__(gramian.to(_compute_dtype(dtype)))
+            raise TypeError(f"`{name}` must have a floating dtype, but got {dtype}.")
+        stat = gramian.to(_compute_dtype(dtype))
+        if self.requires_losses:
+            checked = check_losses(losses, gramian.shape[0], type(self).__name__, stat)
+            weights: Tensor = super().__call__(stat, losses=checked)
+        else:
+            weights = super().__call__(stat)
         weights = weights.to(dtype)
         if not self.differentiable:
             weights = make_non_differentiable(weights, gramian, type(self).__name__)
@@ -186,6 +248,12 @@ class GramianWeightedAggregator(Aggregator):
                 "`gramian_weighting` must be a jdoptim.aggregation.Weighting, but got "
                 f"{describe(gramian_weighting)}."
             )
+        if gramian_weighting._reads_jacobian():
+            raise ValueError(
+                "`gramian_weighting` must read the Gramian, but got "
+                f"{gramian_weighting!r}, which reads the Jacobian: use "
+                "WeightedAggregator instead."
+            )
         self.gramian_weighting = gramian_weighting
 
     @property
@@ -193,14 +261,30 @@ class GramianWeightedAggregator(Aggregator):
         """The Gramian weighting of this aggregator (same object as :attr:`gramian_weighting`)."""
         return self.gramian_weighting
 
-    def forward(self, matrix: Tensor, /, *, weights: Tensor | None = None) -> Tensor:
+    @property
+    def requires_losses(self) -> bool:  # type: ignore[override]
+        """Whether the weighting reads the loss values (then pass ``losses=`` to the call)."""
+        return self.gramian_weighting.requires_losses
+
+    def reset(self) -> None:
+        """Resets the state of the weighting, if it has any (see its ``reset``)."""
+        reset_state(self.gramian_weighting)
+
+    def forward(
+        self, matrix: Tensor, /, *, losses: Tensor | None = None, weights: Tensor | None = None
+    ) -> Tensor:
         """``weights @ matrix``; ``weights`` (given by :meth:`aggregate`) default to
-        ``gramian_weighting(matrix @ matrix.T)``."""
+        ``gramian_weighting(matrix @ matrix.T)`` (with ``losses`` when it reads them)."""
         if weights is None:
-            weights = self.gramian_weighting(matrix @ matrix.T)
+            weights = self._weigh(matrix @ matrix.T, losses)
         return weights @ matrix
 
-    def aggregate(self, matrix: Tensor, /) -> Aggregation:
+    def _weigh(self, gramian: Tensor, losses: Tensor | None) -> Tensor:
+        if losses is None:
+            return self.gramian_weighting(gramian)
+        return self.gramian_weighting(gramian, losses=losses)
+
+    def aggregate(self, matrix: Tensor, /, *, losses: Tensor | None = None) -> Aggregation:
         """Aggregates ``matrix`` and returns the update with its weights and Gramian.
 
         The Gramian is computed once and given to the weighting, whose hooks fire, then the
@@ -220,14 +304,16 @@ class GramianWeightedAggregator(Aggregator):
                     [0., 4.]]))
         """
         if type(self).forward is not GramianWeightedAggregator.forward:
-            return super().aggregate(matrix)
+            return super().aggregate(matrix, losses=losses)
         _check_matrix(matrix)
         work = matrix.to(_compute_dtype(matrix.dtype))
+        if self.requires_losses:
+            losses = check_losses(losses, matrix.shape[0], type(self).__name__, work)
         gramian = work @ work.T
         if not bool(torch.isfinite(gramian).all()):
             return Aggregation(torch.full_like(matrix[0], math.nan), None, gramian.detach())
-        weights = self.gramian_weighting(gramian)
-        update = self._call(matrix, weights=weights)
+        weights = self._weigh(gramian, losses)
+        update = self._call(matrix, losses, weights=weights)
         return Aggregation(update, weights.detach(), gramian.detach())
 
     def __repr__(self) -> str:
@@ -249,11 +335,14 @@ class GeneralizedWeighting(nn.Module, ABC):
         torch.Size([2, 3])
     """
 
+    #: Whether the weighting also reads the loss values (``losses=``, of the losses' shape).
+    requires_losses: bool = False
+
     @abstractmethod
     def forward(self, generalized_gramian: Tensor, /) -> Tensor:
         """Computes weights from a validated generalized Gramian."""
 
-    def __call__(self, generalized_gramian: Tensor, /) -> Tensor:
+    def __call__(self, generalized_gramian: Tensor, /, *, losses: Tensor | None = None) -> Tensor:
         if not isinstance(generalized_gramian, Tensor):
             raise TypeError(
                 "`generalized_gramian` must be a torch.Tensor, but got "
@@ -266,7 +355,20 @@ class GeneralizedWeighting(nn.Module, ABC):
                 "`generalized_gramian` must have a shape of the form [m1, …, mk, mk, …, m1], "
                 f"but got shape {shape}."
             )
-        result: Tensor = super().__call__(generalized_gramian)
+        if not self.requires_losses:
+            result: Tensor = super().__call__(generalized_gramian)
+            return result
+        if losses is None:
+            raise TypeError(
+                f"{type(self).__name__} reads the loss values: call it with the keyword argument "
+                f"`losses` (a tensor of shape {shape[:k]}), but got none."
+            )
+        if not isinstance(losses, Tensor) or list(losses.shape) != shape[:k]:
+            raise ValueError(
+                f"`losses` must be a tensor of shape {shape[:k]}, but got "
+                f"{list(losses.shape) if isinstance(losses, Tensor) else type(losses).__name__}."
+            )
+        result = super().__call__(generalized_gramian, losses=losses.detach())
         return result
 
     def __repr__(self) -> str:
@@ -304,9 +406,22 @@ class Flattening(GeneralizedWeighting):
             )
         self.weighting = weighting
 
-    def forward(self, generalized_gramian: Tensor, /) -> Tensor:
+    @property
+    def requires_losses(self) -> bool:  # type: ignore[override]
+        """Whether the weighting reads the loss values (then pass ``losses=`` to the call)."""
+        return self.weighting.requires_losses
+
+    def reset(self) -> None:
+        """Resets the state of the weighting, if it has any (see its ``reset``)."""
+        reset_state(self.weighting)
+
+    def forward(self, generalized_gramian: Tensor, /, *, losses: Tensor | None = None) -> Tensor:
         shape = generalized_gramian.shape[: generalized_gramian.dim() // 2]
-        weights: Tensor = self.weighting(to_square(generalized_gramian))
+        square = to_square(generalized_gramian)
+        if losses is None:
+            weights: Tensor = self.weighting(square)
+        else:
+            weights = self.weighting(square, losses=losses.reshape(-1))
         return weights.reshape(shape)
 
     def __repr__(self) -> str:

@@ -28,18 +28,24 @@ class Aggregated(NamedTuple):
 
 
 def aggregate_matrix(
-    aggregator: Aggregator, matrix: Tensor, *, record_gramian: bool = False
+    aggregator: Aggregator,
+    matrix: Tensor,
+    *,
+    record_gramian: bool = False,
+    losses: Tensor | None = None,
 ) -> Aggregated:
     """``aggregator.aggregate(matrix)``, such that a non-finite matrix never reaches a solver.
 
     A matrix holding inf or NaN gives a NaN update (so that a ``GradScaler`` sees the overflow);
     a Gramian-weighted aggregator detects it on its ``[m, m]`` Gramian, the others by one pass
     over the matrix. ``record_gramian`` also computes the Gramian of aggregators that do not
-    need one (for diagnostics).
+    need one (for diagnostics). ``losses`` (detached here) go to aggregators that read them.
     """
+    if losses is not None:
+        losses = losses.detach()
     if isinstance(aggregator, GramianWeightedAggregator):
         try:
-            update, weights, gramian = aggregator.aggregate(matrix)
+            update, weights, gramian = aggregator.aggregate(matrix, losses=losses)
         except Exception:
             if all_finite([matrix]):
                 raise
@@ -53,7 +59,7 @@ def aggregate_matrix(
     elif not all_finite([matrix]):
         return Aggregated(_nan_update(matrix), None, None, False)
     else:
-        update, weights, gramian = aggregator.aggregate(matrix)
+        update, weights, gramian = aggregator.aggregate(matrix, losses=losses)
     if record_gramian and gramian is None:
         gramian = (matrix @ matrix.T).detach()
     return Aggregated(update, weights, gramian, False)

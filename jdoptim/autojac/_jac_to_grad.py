@@ -21,6 +21,7 @@ def jac_to_grad(
     aggregator: Aggregator,
     *,
     retain_jac: bool = False,
+    losses: Tensor | None = None,
 ) -> Tensor | None:
     r"""Aggregates the ``.jac`` fields of ``tensors`` and accumulates the result into ``.grad``.
 
@@ -48,10 +49,13 @@ def jac_to_grad(
         aggregator: the :class:`~jdoptim.aggregation.Aggregator` applied to :math:`J`. Its
             forward hooks fire.
         retain_jac: keep the ``.jac`` fields instead of deleting them.
+        losses: the ``[m]`` loss values, for aggregators that read them (``requires_losses``,
+            e.g. :class:`~jdoptim.aggregation.DBMTL`); detached. Ignored by the others.
 
     Returns:
-        The weights ``[m]`` the aggregator gave the rows when it is a
-        :class:`~jdoptim.aggregation.GramianWeightedAggregator`, else ``None``.
+        The weights ``[m]`` the aggregator gave the rows when it knows them (a
+        :class:`~jdoptim.aggregation.GramianWeightedAggregator` or
+        :class:`~jdoptim.aggregation.WeightedAggregator`), else ``None``.
 
     Example:
         >>> import torch
@@ -82,7 +86,7 @@ def jac_to_grad(
     _, matrix = to_matrix(jacobians, m, on_copy=lambda i, view: set_jac(tensor_list[i], view))
     del jacobians
     with torch.no_grad():
-        update, weights, _, _ = aggregate_matrix(aggregator, matrix)
+        update, weights, _, _ = aggregate_matrix(aggregator, matrix, losses=losses)
     check_update(update, matrix, aggregator)
     gradients = [
         part.to(dtype=tensor.dtype, copy=True)

@@ -10,8 +10,8 @@ from __future__ import annotations
 from torch import Tensor
 
 from ..autojac._jac_fields import get_jac
-from ..autojac._matrix import to_matrix
 from ._context import Context
+from ._distributed import reduce_jacobian
 from ._groups import Block, aggregate_blocks
 from ._plan import Plan
 
@@ -29,8 +29,9 @@ def check_rows(jacs: list[tuple[Tensor, Tensor]]) -> None:
             )
 
 
-def plan_accumulated(context: Context) -> Plan:
-    """Aggregates the accumulated ``.jac`` of each group into ``.grad`` and clears it."""
+def plan_accumulated(context: Context, losses: Tensor | None) -> Plan:
+    """Aggregates the accumulated ``.jac`` of each group into ``.grad`` and clears it;
+    ``losses`` (the summed loss values of the micro-batches) go to aggregators that read them."""
     blocks = [
         Block(i, [p for p in params if get_jac(p) is not None], context.aggregators[i])
         for i, params in enumerate(context.groups)
@@ -43,15 +44,21 @@ def plan_accumulated(context: Context) -> Plan:
         )
     jacobians = [get_jac(p) for p in params]
     present = [j for j in jacobians if j is not None]
-    buffer, matrix = to_matrix(present, present[0].shape[0])
-    del jacobians, present
-    if context.sync.active:
+    extra = [losses] if losses is not None and context.needs_losses else []
+    if context.sync.active and not extra:
         # Reduced in a copy: the accumulated .jac stay as they were if anything fails later.
-        buffer = buffer.clone()
-        matrix = buffer.view(matrix.shape)
-        context.sync.all_reduce(buffer)
+        present = [jacobian.clone() for jacobian in present]
+    # With extra tensors the buffer is a copy anyway.
+    matrix, reduced = reduce_jacobian(context.sync, present, present[0].shape[0], extra)
+    del jacobians, present
     with context.sync.same_randomness(matrix.device):
-        plan = aggregate_blocks(blocks, matrix, len(context.groups), context.record_gramians)
+        plan = aggregate_blocks(
+            blocks,
+            matrix,
+            len(context.groups),
+            context.record_gramians,
+            losses=reduced[0] if reduced else losses,
+        )
     plan.clear_jacs = params
     return plan
 

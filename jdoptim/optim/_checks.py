@@ -127,6 +127,12 @@ def check_gramian_mode(
                 "`weighting` must be a jdoptim.aggregation.Weighting or GeneralizedWeighting, "
                 f"but got {type(weighting).__name__}."
             )
+        if isinstance(weighting, Weighting) and weighting._reads_jacobian():
+            raise ValueError(
+                f"`weighting` must read the Gramian in Gramian mode (with `engine`), but "
+                f"{weighting!r} reads the Jacobian itself, which Gramian mode never forms: use it "
+                "in Jacobian mode, through WeightedAggregator."
+            )
     elif engine is not None and not isinstance(
         getattr(aggregator, "gramian_weighting", None), Weighting
     ):

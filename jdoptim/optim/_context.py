@@ -34,6 +34,11 @@ class Context:
     record_gramians: bool
 
     @property
+    def needs_losses(self) -> bool:
+        """Whether some group's aggregator reads the loss values."""
+        return any(aggregator.requires_losses for aggregator in self.aggregators)
+
+    @property
     def params(self) -> list[Tensor]:
         return [p for params in self.groups for p in params]
 

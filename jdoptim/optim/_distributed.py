@@ -10,6 +10,7 @@ from torch import Tensor
 
 from .._shared_random import SharedRandomness
 from ..autojac._all_reduce import all_reduce_buffer
+from ..autojac._matrix import split_update, to_matrix
 
 
 class Sync:
@@ -36,3 +37,22 @@ class Sync:
         if self.shared_random is None:
             return nullcontext()
         return self.shared_random.fork(device)
+
+
+def reduce_jacobian(
+    sync: Sync, jacobians: list[Tensor], m: int, extra: list[Tensor]
+) -> tuple[Tensor, list[Tensor]]:
+    """The ``[m, N]`` matrix of ``jacobians`` and the tensors ``extra``, averaged across the ranks
+    in one collective (the extra tensors travel at the end of the Jacobian's buffer).
+
+    Without a process group, the matrix (no copy when possible) and ``extra`` as they are.
+    """
+    if not sync.active:
+        return to_matrix(jacobians, m)[1], extra
+    buffer, matrix = to_matrix(jacobians, m, extra=extra)
+    tail = buffer[matrix.numel() :]
+    for part, tensor in zip(split_update(tail, extra), extra, strict=True):
+        part.copy_(tensor)
+    sync.all_reduce(buffer)
+    reduced = tail.clone()  # so that what is kept does not hold the Jacobian's buffer alive
+    return matrix, split_update(reduced, extra)

@@ -63,7 +63,10 @@ def plan_gramian(
         weighting = Flattening(weighting)
     known_finite = bool(torch.isfinite(gramian).all())
     if known_finite:
-        weights = weighting(gramian).detach()
+        if weighting.requires_losses:
+            weights = weighting(gramian, losses=output.detach()).detach()
+        else:
+            weights = weighting(gramian).detach()
         known_finite = bool(torch.isfinite(weights).all())
     else:
         weights = torch.full_like(output, math.nan)

@@ -37,10 +37,12 @@ def aggregate_blocks(
     record_gramians: bool,
     extra: Sequence[tuple[Tensor, Tensor]] = (),
     extra_finite: bool = True,
+    losses: Tensor | None = None,
 ) -> Plan:
     """Aggregates each block of ``matrix``; the plan also carries the ``extra`` updates.
 
-    A ``ValueError`` of an aggregator is raised again with the group it failed on.
+    ``losses`` (the ``[m]`` loss values) go to the aggregators that read them. A ``ValueError``
+    of an aggregator is raised again with the group it failed on.
     """
     weights: list[Tensor | None] = [None] * n_groups
     gramians: list[Tensor | None] = [None] * n_groups
@@ -53,7 +55,9 @@ def aggregate_blocks(
             continue
         i = block.group_index
         try:
-            result = aggregate_matrix(block.aggregator, columns, record_gramian=record_gramians)
+            result = aggregate_matrix(
+                block.aggregator, columns, record_gramian=record_gramians, losses=losses
+            )
         except ValueError as error:
             raise ValueError(
                 f"The aggregator {block.aggregator} of parameter group {i} rejected the Jacobian "

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import torch
 from torch import Tensor
 
 from ..autojac._checks import check_multipliers
 from ..autojac._graph import leaves_in_order_of_first_use
 from ..autojac._jacobian import compute_jacobians, number_of_rows
-from ..autojac._matrix import to_matrix
 from ._context import Context
+from ._distributed import reduce_jacobian
 from ._groups import aggregate_blocks
 from ._plan import Plan
 
@@ -40,14 +41,21 @@ def plan_jacobian(
     jacobians = compute_jacobians(
         losses, inputs, jac_outputs, retain_graph, context.parallel_chunk_size, shared_buffer=True
     )
+    values = loss_values(losses, grad_tensors)
     if not aggregate:
-        return Plan(jacs=list(zip(inputs, jacobians, strict=True)))
+        return Plan(jacs=list(zip(inputs, jacobians, strict=True)), losses=values)
     m = number_of_rows(losses, jac_outputs)
-    buffer, matrix = to_matrix(jacobians, m)
+    extra = [values] if context.needs_losses else []
+    matrix, reduced = reduce_jacobian(context.sync, jacobians, m, extra)
     del jacobians
-    context.sync.all_reduce(buffer)
     with context.sync.same_randomness(matrix.device):
-        return aggregate_blocks(blocks, matrix, len(context.groups), context.record_gramians)
+        return aggregate_blocks(
+            blocks,
+            matrix,
+            len(context.groups),
+            context.record_gramians,
+            losses=reduced[0] if reduced else None,
+        )
 
 
 def used_leaves(roots: list[Tensor]) -> set[int]:
@@ -70,3 +78,14 @@ def rows_of_grad_tensors(
         row[i] = value.detach().to(loss.dtype)
         rows.append(row)
     return rows
+
+
+def loss_values(losses: list[Tensor], grad_tensors: Tensor | Sequence[Tensor] | None) -> Tensor:
+    """The detached value of each row's objective: every element of the losses, or, with
+    ``grad_tensors``, ``(grad_tensors[i] * losses[i]).sum()`` for each loss."""
+    if grad_tensors is None:
+        return torch.cat([loss.detach().reshape(-1) for loss in losses])
+    multipliers = [grad_tensors] if isinstance(grad_tensors, Tensor) else list(grad_tensors)
+    return torch.stack(
+        [(g.detach() * loss.detach()).sum() for g, loss in zip(multipliers, losses, strict=True)]
+    )

@@ -9,11 +9,11 @@ from torch import Tensor
 
 from ..autojac._aggregate import all_finite
 from ..autojac._checks import as_tensors, check_multipliers, check_require_grad
-from ..autojac._matrix import split_update, to_matrix
 from ..autojac._multi_task import MultiTaskParams, compute_multi_task, resolve_params
 from ._context import Context
+from ._distributed import reduce_jacobian
 from ._groups import aggregate_blocks
-from ._jacobian_mode import NO_PARAMETER
+from ._jacobian_mode import NO_PARAMETER, loss_values
 from ._plan import Plan
 
 
@@ -53,26 +53,30 @@ def plan_multi_task(
         shared_buffer=True,
     )
     task_updates = _sum_per_param(tasks, task_grads)
+    values = loss_values(losses, grad_tensors)
     if not aggregate:
-        return Plan(grads=task_updates, jacs=list(zip(shared, jacobians, strict=True)))
-    m = len(losses)
-    if context.sync.active:
-        # The task-specific gradients travel in the same buffer: one collective per step.
-        task_params = [p for p, _ in task_updates]
-        buffer, matrix = to_matrix(jacobians, m, extra=[u for _, u in task_updates])
-        tail = buffer[matrix.numel() :]
-        for part, (_, update) in zip(split_update(tail, task_params), task_updates, strict=True):
-            part.copy_(update)
-        context.sync.all_reduce(buffer)
-        reduced = tail.clone()  # so that the .grad do not keep the Jacobian buffer alive
-        task_updates = list(zip(task_params, split_update(reduced, task_params), strict=True))
-    else:
-        buffer, matrix = to_matrix(jacobians, m)
+        return Plan(
+            grads=task_updates, jacs=list(zip(shared, jacobians, strict=True)), losses=values
+        )
+    task_params = [p for p, _ in task_updates]
+    # The task-specific gradients (and the loss values, when read) travel with the Jacobian.
+    extra = [update for _, update in task_updates] if context.sync.active else []
+    if context.needs_losses:
+        extra.append(values)
+    matrix, reduced = reduce_jacobian(context.sync, jacobians, len(losses), extra)
     del jacobians
+    if context.sync.active:
+        task_updates = list(zip(task_params, reduced[: len(task_params)], strict=True))
     finite = all_finite([update for _, update in task_updates])
     with context.sync.same_randomness(matrix.device):
         return aggregate_blocks(
-            blocks, matrix, len(context.groups), context.record_gramians, task_updates, finite
+            blocks,
+            matrix,
+            len(context.groups),
+            context.record_gramians,
+            task_updates,
+            finite,
+            losses=reduced[-1] if context.needs_losses else None,
         )
 
 

@@ -64,13 +64,22 @@ class _Runtime:
         self.gramians: tuple[Tensor | None, ...] = ()
         # Whether everything the last backward wrote into .grad is known to be finite.
         self.wrote_finite = False
-        # Whether Jacobians accumulated by backward(aggregate=False) await aggregate().
+        # Whether Jacobians accumulated by backward(aggregate=False) await aggregate(), and the
+        # sum of their loss values (for aggregators that read them).
         self.pending = False
+        self.pending_losses: Tensor | None = None
 
     def record(self, plan: Plan) -> None:
         if plan.weights or plan.gramians:
             self.last_weights, self.gramians = plan.weights, plan.gramians
         self.wrote_finite = plan.known_finite and not plan.jacs
+        if plan.jacs:
+            self.pending = True
+            previous, new = self.pending_losses, plan.losses
+            self.pending_losses = new if previous is None or new is None else previous + new
+
+    def clear_pending(self) -> None:
+        self.pending, self.pending_losses = False, None
 
 
 _PICKLED = (
@@ -217,7 +226,7 @@ class JacobianOptimizer(SharedAttributes, Optimizer):
         """Resets ``.grad`` (through the wrapped optimizer) and ``.jac`` of every parameter."""
         self._inner.zero_grad(set_to_none)
         clear_jacs([p for group in self.param_groups for p in group["params"]], set_to_none)
-        self._runtime.pending = False
+        self._runtime.clear_pending()
 
     def step(  # type: ignore[override]
         self,
@@ -306,8 +315,6 @@ class JacobianOptimizer(SharedAttributes, Optimizer):
             plan = self._plan(losses, features, grad_tensors, retain_graph, aggregate)
             write(plan)
         self._runtime.record(plan)
-        if not aggregate:
-            self._runtime.pending = True
 
     def aggregate(self) -> None:
         """Aggregates the Jacobians accumulated by ``backward(..., aggregate=False)``.
@@ -339,10 +346,10 @@ class JacobianOptimizer(SharedAttributes, Optimizer):
                 "accumulation of Jacobians needs Jacobian mode."
             )
         with self._transaction():
-            plan = plan_accumulated(self._context())
+            plan = plan_accumulated(self._context(), self._runtime.pending_losses)
             write(plan)
         self._runtime.record(plan)
-        self._runtime.pending = False
+        self._runtime.clear_pending()
 
     def diagnostics(self) -> tuple[GroupDiagnostics | None, ...]:
         """Conflict diagnostics of the last aggregation, one entry per parameter group.

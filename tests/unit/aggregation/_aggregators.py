@@ -73,6 +73,13 @@ RANDOM = _case("Random", lambda m: aggregation.Random())
 CONFIG = _case("ConFIG", lambda m: aggregation.ConFIG())
 GRADDROP = _case("GradDrop", lambda m: aggregation.GradDrop())
 TRIMMED_MEAN = _case("TrimmedMean", lambda m: aggregation.TrimmedMean(trim_number=(m - 1) // 4))
+# The methods with state or a solver of their own, callable on the Jacobian alone (DBMTL also
+# needs the loss values: its shared tests are in test_methods_common.py).
+FAIRGRAD = _case("FairGrad", lambda m: aggregation.FairGrad(alpha=1.0))
+GRADVAC = _case("GradVac", lambda m: aggregation.GradVac())
+EXCESS_MTL = _case("ExcessMTL", lambda m: aggregation.ExcessMTL())
+PCD = _case("PCD", lambda m: aggregation.PCD())
+MOCO = _case("MoCo", lambda m: aggregation.MoCo())
 
 ALL_CASES = [
     UPGRAD,
@@ -95,6 +102,11 @@ ALL_CASES = [
     CONFIG,
     GRADDROP,
     TRIMMED_MEAN,
+    FAIRGRAD,
+    GRADVAC,
+    EXCESS_MTL,
+    PCD,
+    MOCO,
 ]
 
 #: SPEC §2: the aggregators whose output cannot be backpropagated through.
@@ -107,6 +119,11 @@ NON_DIFFERENTIABLE = {
     "NashMTL",
     "PCGrad",
     "UPGrad",
+    "FairGrad",
+    "GradVac",
+    "ExcessMTL",
+    "PCD",
+    "MoCo",
 }
 
 #: SPEC §2's table: the aggregators with a Gramian weighting.
@@ -123,7 +140,13 @@ GRAMIAN_WEIGHTED = {
     "Sum",
     "Constant",
     "Random",
+    "FairGrad",
+    "GradVac",
+    "PCD",
 }
+
+#: The aggregators whose weighting reads the Jacobian itself (a WeightedAggregator).
+JACOBIAN_WEIGHTED = {"ExcessMTL"}
 
 
 def class_name(case: AggregatorCase) -> str:

@@ -11,6 +11,7 @@ from _aggregators import (
     CAGRAD,
     CONSTANT,
     GRAMIAN_WEIGHTED,
+    JACOBIAN_WEIGHTED,
     MEAN,
     MGDA,
     NASH_MTL,
@@ -34,7 +35,9 @@ from jdoptim.aggregation import (
 DIFFERENTIABLE_CASES = [case for case in ALL_CASES if class_name(case) not in NON_DIFFERENTIABLE]
 NON_DIFFERENTIABLE_CASES = [case for case in ALL_CASES if class_name(case) in NON_DIFFERENTIABLE]
 WEIGHTED_CASES = [case for case in ALL_CASES if class_name(case) in GRAMIAN_WEIGHTED]
-UNWEIGHTED_CASES = [case for case in ALL_CASES if class_name(case) not in GRAMIAN_WEIGHTED]
+UNWEIGHTED_CASES = [
+    case for case in ALL_CASES if class_name(case) not in GRAMIAN_WEIGHTED | JACOBIAN_WEIGHTED
+]
 
 #: Aggregators that return the row itself for a single-row matrix, by their definition.
 IDENTITY_ON_ONE_ROW = {
@@ -50,6 +53,9 @@ IDENTITY_ON_ONE_ROW = {
     "ConFIG",
     "GradDrop",
     "TrimmedMean",
+    "GradVac",
+    "ExcessMTL",
+    "PCD",
 }
 
 
@@ -73,8 +79,9 @@ def _weighting(aggregator: Aggregator) -> Weighting:
 
 def test_every_aggregator_of_the_spec_is_tested() -> None:
     names = {class_name(case) for case in ALL_CASES}
-    assert names == GRAMIAN_WEIGHTED | {"ConFIG", "GradDrop", "TrimmedMean", "NashMTL"}
-    assert len(names) == 16
+    others = {"ConFIG", "GradDrop", "TrimmedMean", "NashMTL", "ExcessMTL", "MoCo"}
+    assert names == GRAMIAN_WEIGHTED | others
+    assert len(names) == 21
 
 
 # --- calling convention and input validation -----------------------------------------------------

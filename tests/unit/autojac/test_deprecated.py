@@ -1,4 +1,4 @@
-"""Tests of the deprecated top-level shims jdoptim.backward and jdoptim.mtl_backward (kept importable so that older code keeps working)."""
+"""The deprecated top-level shims jdoptim.backward and jdoptim.mtl_backward still work."""
 
 from __future__ import annotations
 

@@ -12,8 +12,14 @@ from torch import Tensor, nn
 
 from jdoptim import aggregation
 from jdoptim.aggregation import (
+    DBMTL,
     IMTLG,
     MGDA,
+    PCD,
+    ExcessMTL,
+    FairGrad,
+    GradVac,
+    MoCo,
     Aggregator,
     AlignedMTL,
     CAGrad,
@@ -30,13 +36,21 @@ from jdoptim.aggregation import (
     Sum,
     TrimmedMean,
     UPGrad,
+    WeightedAggregator,
 )
 from jdoptim.autojac import backward, jac_to_grad
 
 M = 4
+LOSSES = torch.tensor([1.0, 0.5, 2.0, 0.25], dtype=torch.float64)
 
 AGGREGATORS: dict[str, Callable[[], Aggregator]] = {
     "AlignedMTL": AlignedMTL,
+    "DBMTL": DBMTL,
+    "ExcessMTL": ExcessMTL,
+    "FairGrad": lambda: FairGrad(alpha=1.0),
+    "GradVac": GradVac,
+    "MoCo": MoCo,
+    "PCD": PCD,
     "CAGrad": lambda: CAGrad(c=0.5),
     "ConFIG": ConFIG,
     "Constant": lambda: Constant(torch.tensor([1.0, 2.0, 0.5, 0.0], dtype=torch.float64)),
@@ -62,7 +76,7 @@ def test_every_exported_aggregator_is_covered() -> None:
         if inspect.isclass(getattr(aggregation, name))
         and issubclass(getattr(aggregation, name), Aggregator)
         and not inspect.isabstract(getattr(aggregation, name))
-        and name != "GramianWeightedAggregator"
+        and name not in ("GramianWeightedAggregator", "WeightedAggregator")
     }
     assert exported == set(AGGREGATORS)
 
@@ -84,17 +98,18 @@ def split(vector: Tensor, model: nn.Module) -> list[Tensor]:
 @pytest.mark.parametrize("name", sorted(AGGREGATORS))
 def test_matches_the_aggregator_on_the_concatenated_jacobian(name) -> None:
     model, matrix = model_with_jacobian()
+    kwargs = {"losses": LOSSES} if AGGREGATORS[name]().requires_losses else {}
     torch.manual_seed(1)
-    expected = AGGREGATORS[name]()(matrix.clone())
+    expected = AGGREGATORS[name]()(matrix.clone(), **kwargs)
 
     torch.manual_seed(1)
     aggregator = AGGREGATORS[name]()
-    weights = jac_to_grad(model.parameters(), aggregator)
+    weights = jac_to_grad(model.parameters(), aggregator, **kwargs)
 
     for param, grad in zip(model.parameters(), split(expected, model), strict=True):
         torch.testing.assert_close(param.grad, grad, rtol=1e-10, atol=1e-12)
         assert not hasattr(param, "jac")
-    if isinstance(aggregator, GramianWeightedAggregator):
+    if isinstance(aggregator, (GramianWeightedAggregator, WeightedAggregator)):
         assert weights is not None and weights.shape == (M,)
         torch.testing.assert_close(weights @ matrix, expected, rtol=1e-8, atol=1e-10)
     else:
@@ -287,4 +302,24 @@ def test_two_groups_of_one_chunked_backward() -> None:
     first_size = matrix.shape[1] - split_at
     expected = torch.cat([UPGrad()(matrix[:, :first_size]), Sum()(matrix[:, first_size:])])
     for param, grad in zip(params, split(expected, model), strict=True):
+        torch.testing.assert_close(param.grad, grad, rtol=1e-10, atol=1e-12)
+
+
+def test_losses_reach_a_loss_aware_aggregator_and_are_required_by_it() -> None:
+    model, matrix = model_with_jacobian()
+    with pytest.raises(TypeError, match="`losses`"):
+        jac_to_grad(model.parameters(), DBMTL(beta=0.0))
+    assert all(hasattr(p, "jac") and p.grad is None for p in model.parameters())
+    losses = LOSSES.clone().requires_grad_()
+    weights = jac_to_grad(model.parameters(), DBMTL(beta=0.0), losses=losses)
+    expected = DBMTL(beta=0.0)(matrix, losses=LOSSES)
+    for param, grad in zip(model.parameters(), split(expected, model), strict=True):
+        torch.testing.assert_close(param.grad, grad, rtol=1e-10, atol=1e-12)
+    assert weights is None  # DBMTL rescales the rows itself: it has no weights to report
+
+
+def test_losses_are_ignored_by_aggregators_that_do_not_read_them() -> None:
+    model, matrix = model_with_jacobian()
+    jac_to_grad(model.parameters(), Mean(), losses=torch.ones(7))
+    for param, grad in zip(model.parameters(), split(matrix.mean(dim=0), model), strict=True):
         torch.testing.assert_close(param.grad, grad, rtol=1e-10, atol=1e-12)
