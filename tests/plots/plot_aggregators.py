@@ -8,6 +8,9 @@ cone, MGDA is the point of smallest norm of the segment [g₁, g₂], Mean is it
 Usage (extra ``plot``)::
 
     python tests/plots/plot_aggregators.py [output.png]   # default: tests/plots/aggregators.png
+
+Stateful methods are drawn on their first call (GradVac, PCD and CRMOGM start from a fresh state;
+MoDo and SDMGrad are given the Gramian of one batch as their cross matrix).
 """
 
 from __future__ import annotations
@@ -22,20 +25,28 @@ from torch import Tensor
 from jdoptim.aggregation import (
     IMTLG,
     MGDA,
+    PCD,
     Aggregator,
     AlignedMTL,
     CAGrad,
     ConFIG,
     Constant,
+    CRMOGMWeighting,
     DualProj,
+    FairGrad,
     GradDrop,
+    GradVac,
+    GramianWeightedAggregator,
     Mean,
+    MoDoWeighting,
     NashMTL,
     PCGrad,
     Random,
+    SDMGradWeighting,
     Sum,
     TrimmedMean,
     UPGrad,
+    UPGradWeighting,
 )
 
 DEFAULT_PATH = Path(__file__).with_name("aggregators.png")
@@ -75,6 +86,12 @@ def aggregators() -> list[tuple[str, Aggregator | None]]:
         ("ConFIG", ConFIG()),
         ("GradDrop (seed 0)", GradDrop()),
         ("TrimmedMean(0) = Mean", TrimmedMean(trim_number=0)),
+        ("FairGrad(alpha=1)", FairGrad(alpha=1.0)),
+        ("GradVac (1st call)", GradVac()),
+        ("PCD (1st call)", PCD()),
+        ("CRMOGM(UPGrad), 1st call", GramianWeightedAggregator(CRMOGMWeighting(UPGradWeighting()))),
+        ("MoDo (one batch, 1st call)", GramianWeightedAggregator(MoDoWeighting())),
+        ("SDMGrad (one batch)", GramianWeightedAggregator(SDMGradWeighting())),
     ]
 
 
@@ -123,7 +140,8 @@ def plot_aggregators(path: str | Path = DEFAULT_PATH) -> Path:
     for subfigure, (title, jacobian) in zip(subfigures, SCENARIOS):
         subfigure.suptitle(title, fontsize=15)
         axes = subfigure.subplots(rows, columns)
-        outputs = [None if a is None else _aggregate(a, jacobian) for _, a in entries]
+        # Fresh instances per scenario: the stateful methods are drawn on their first call.
+        outputs = [None if a is None else _aggregate(a, jacobian) for _, a in aggregators()]
         points = torch.cat(
             [jacobian, torch.zeros(1, 2), *[o[None] for o in outputs if o is not None]]
         )

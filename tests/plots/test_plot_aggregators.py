@@ -21,5 +21,5 @@ def test_plot_aggregators_writes_a_png(tmp_path: Path) -> None:
 
 def test_plot_covers_every_aggregator_on_two_row_jacobians() -> None:
     labels = [label.split("(")[0].split(" ")[0] for label, _ in aggregators()]
-    assert len(set(labels)) == 16
+    assert len(set(labels)) == 22
     assert all(jacobian.shape == (2, 2) for _, jacobian in SCENARIOS)
