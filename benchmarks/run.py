@@ -107,6 +107,74 @@ def aggregation_workloads(quick: bool) -> list[Workload]:
     ]
 
 
+#: The methods of the methods workload: aggregators, and Gramian weightings (wrapped).
+_METHODS = (
+    "FairGrad",
+    "GradVac",
+    "ExcessMTL",
+    "PCD",
+    "DBMTL",
+    "MoCo",
+    "CRMOGM(UPGrad)",
+    "MoDo",
+    "SDMGrad",
+    "GradNorm",
+)
+
+
+def _method(name: str) -> tuple[nn.Module, bool]:
+    """A fresh instance of a method of the methods workload, and whether it reads the losses."""
+    from jdoptim import aggregation as agg
+
+    weighted = agg.GramianWeightedAggregator
+    methods: dict[str, Callable[[], nn.Module]] = {
+        "FairGrad": lambda: agg.FairGrad(alpha=1.0),
+        "GradVac": agg.GradVac,
+        "ExcessMTL": agg.ExcessMTL,
+        "PCD": agg.PCD,
+        "DBMTL": agg.DBMTL,
+        "MoCo": agg.MoCo,
+        "CRMOGM(UPGrad)": lambda: weighted(agg.CRMOGMWeighting(agg.UPGradWeighting())),
+        "MoDo": lambda: weighted(agg.MoDoWeighting()),
+        "SDMGrad": lambda: weighted(agg.SDMGradWeighting()),
+        "GradNorm": lambda: weighted(agg.GradNormWeighting()),
+    }
+    method = methods[name]()
+    return method, bool(getattr(method, "requires_losses", False))
+
+
+def _method_setup(m: int, n: int, name: str) -> Setup:
+    def setup() -> Callable[[], object]:
+        jacobian = _jacobian(m, n)
+        if name == "J Jᵀ":
+            return lambda: jacobian @ jacobian.T
+        method, reads_losses = _method(name)
+        losses = torch.rand(m, generator=torch.Generator().manual_seed(1)) + 0.5
+        if reads_losses:
+            return lambda: method(jacobian, losses=losses)
+        return lambda: method(jacobian)
+
+    return setup
+
+
+def methods_workloads(quick: bool) -> list[Workload]:
+    """The methods of the second round of aggregators on ``[m, n]`` Jacobians, against
+    ``J Jᵀ`` (each call continues the method's state, as in training)."""
+    shapes = [(2, 10**4)] if quick else [(2, 10**6), (8, 10**6), (32, 10**6)]
+    names = ("J Jᵀ", *(("FairGrad", "PCD") if quick else _METHODS))
+    return [
+        Workload(
+            name=f"methods m={m} n={n:.0e}",
+            baseline="J Jᵀ",
+            configurations={name: _method_setup(m, n, name) for name in names},
+            targets={"FairGrad": "≤ 2" if m <= 8 and n >= 10**6 else ""},
+            repeats=3 if quick else 10,
+            measure_memory=False,
+        )
+        for m, n in shapes
+    ]
+
+
 def _weighting_setup(m: int, solver: str) -> Setup:
     def setup() -> Callable[[], object]:
         from jdoptim.aggregation import UPGradWeighting
@@ -323,6 +391,7 @@ def optimizer_workloads(quick: bool) -> list[Workload]:
 
 WORKLOAD_GROUPS: dict[str, Callable[[bool], list[Workload]]] = {
     "aggregation": aggregation_workloads,
+    "methods": methods_workloads,
     "weighting": weighting_workloads,
     "mlp": mlp_workloads,
     "iwrm": iwrm_workloads,

@@ -20,6 +20,8 @@ EXPECTED_ROWS = [
     ("aggregation m=2 n=1e+04", "UPGrad(solver=torch)"),
     ("aggregation m=8 n=1e+05", "UPGrad(solver=quadprog)"),
     ("aggregation m=8 n=1e+05", "Mean"),
+    ("methods m=2 n=1e+04", "FairGrad"),
+    ("methods m=2 n=1e+04", "PCD"),
     ("UPGradWeighting m=64", "torch"),
     ("UPGradWeighting m=64", "quadprog"),
     ("UPGradWeighting m=128", "torch"),
