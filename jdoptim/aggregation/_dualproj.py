@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from torch import Tensor
 
-from ._dual_cone import solve_dual_cone
+from ._dual_cone import DEFAULT_SOLVER, solve_dual_cone
 from ._dual_cone_weighting import DualConeAggregator, DualConeWeighting
 
 
@@ -80,6 +80,6 @@ class DualProj(DualConeAggregator):
         pref_vector: Tensor | None = None,
         norm_eps: float = 1e-4,
         reg_eps: float = 1e-4,
-        solver: str = "auto",
+        solver: str = DEFAULT_SOLVER,
     ) -> None:
         super().__init__(DualProjWeighting(pref_vector, norm_eps, reg_eps, solver))

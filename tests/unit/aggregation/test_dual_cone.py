@@ -10,8 +10,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import Tensor
 
-from jdoptim.aggregation import _dual_cone
-from jdoptim.aggregation._dual_cone import solve_dual_cone
+from jdoptim.aggregation._dual_cone import _registry, solve_dual_cone
+from jdoptim.aggregation._dual_cone._closed_form import solve_closed_form
 
 # Contract tests that every dual-cone solver must pass.
 SOLVERS = pytest.mark.parametrize("solver", ["quadprog", "torch"])
@@ -218,23 +218,23 @@ def test_auto_solver_uses_closed_forms_then_quadprog_for_small_cpu_problems_and_
     monkeypatch,
 ) -> None:
     calls: list[str] = []
-    closed_form = _dual_cone._solve_closed_form
+    closed_form = solve_closed_form
     monkeypatch.setattr(
-        _dual_cone,
-        "_solve_closed_form",
+        _registry,
+        "solve_closed_form",
         lambda g, u: calls.append("closed form") or closed_form(g, u),
     )
     monkeypatch.setattr(
-        _dual_cone,
-        "_solve_with_quadprog",
+        _registry,
+        "solve_with_quadprog",
         lambda g, u: calls.append("quadprog") or torch.zeros_like(u),
     )
     monkeypatch.setattr(
-        _dual_cone,
+        _registry,
         "solve_dual_cone_torch",
         lambda g, u: calls.append("torch") or torch.zeros_like(u),
     )
-    for m in (1, 2, 3, _dual_cone._AUTO_QUADPROG_MAX_M, _dual_cone._AUTO_QUADPROG_MAX_M + 1):
+    for m in (1, 2, 3, _registry._AUTO_QUADPROG_MAX_M, _registry._AUTO_QUADPROG_MAX_M + 1):
         solve_dual_cone(
             torch.eye(m, dtype=torch.float64), torch.eye(m, dtype=torch.float64), "auto"
         )
@@ -288,7 +288,7 @@ def test_closed_forms_of_one_and_two_objectives_match_quadprog(
     expected = solve_dual_cone(gramian, bounds, "quadprog")
 
     assert auto.shape == bounds.shape and auto.dtype == gramian.dtype
-    if _dual_cone._solve_closed_form(gramian, bounds) is None:
+    if solve_closed_form(gramian, bounds) is None:
         # A singular G (no regularisation, rank one): quadprog and its jitter decide.
         assert torch.equal(auto, expected)
         return
