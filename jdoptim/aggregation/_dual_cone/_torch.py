@@ -145,7 +145,7 @@ def _solve(
         return v, iterations, True
     rows = stalled.nonzero().squeeze(1)
     v_stalled, more_iterations, converged = _active_set(
-        g, u[rows], compact, max_iterations - iterations
+        g, u[rows], v[rows], compact, max_iterations - iterations
     )
     v[rows] = v_stalled
     return v, iterations + more_iterations, converged
@@ -242,18 +242,23 @@ def _projected_gradient(g: Tensor, u: Tensor, v: Tensor) -> Tensor:
 
 
 def _active_set(
-    g: Tensor, u: Tensor, compact: bool, max_iterations: int
+    g: Tensor, u: Tensor, start: Tensor, compact: bool, max_iterations: int
 ) -> tuple[Tensor, int, bool]:
     """Primal active-set method (Lawson–Hanson) on ``z = v - u ≥ 0``, for every row of ``u``.
 
     Slower than pivoting (one index enters per step) but monotone: the objective decreases at
-    every step, so it terminates on any positive definite G.
+    every step, so it terminates on any positive definite G. It starts from the feasible point
+    nearest to ``start`` (where the pivoting stalled, usually close to the solution), with the
+    coordinates above their bounds free: the first step moves towards the optimum of that free
+    set, so the pivoting's progress is kept.
     """
-    k, m = u.shape
+    m = u.shape[1]
     check_every = 1 if compact else 4
-    z = torch.zeros_like(u)
-    free = torch.zeros_like(u, dtype=torch.bool)
-    at_optimum = torch.ones(k, device=u.device, dtype=torch.bool)  # z is optimal on its free set
+    z = (start - u).clamp(min=0.0)
+    z = torch.where(torch.isfinite(z), z, 0.0)
+    free = z > 0.0
+    # Whether z is optimal on its free set: not known for the starting point, unless it is u.
+    at_optimum = ~free.any(dim=1)
     compact_solver = CompactSolver(g, u) if compact else None
     iterations = 0
     while True:
