@@ -1,8 +1,13 @@
 """What every dual-cone solver does before and after its own work.
 
 Before: the problems are moved to float64 (on the Gramian's device), ``G`` is symmetrised and
-rescaled to ``max(diag G) = 1`` (the minimiser does not change when ``G`` is scaled), and three
-cases are answered without any solver:
+each objective is rescaled by a power of two ``s_i`` so that ``diag G`` lies in ``[1/2, 2]``:
+``G ← S⁻¹ G S⁻¹`` and ``u ← S u`` with ``S = diag(s)``, whose solution is ``S v`` (the same
+problem in the variable ``S v``). Powers of two make this exact in floating point (``v = u``
+stays bit for bit ``u``), and the rescaled problem no longer depends on how differently the rows
+of the Jacobian are scaled (``1e-10`` next to ``1e15``): every tolerance and jitter of the
+solvers is then relative to each row's own norm. A zero row keeps ``s_i`` of the largest one.
+Three cases are answered without any solver:
 
 - no problem (``k = 0``) or no objective (``m = 0``): an empty or zero solution;
 - a non-finite ``G`` or bound: NaN, so that the caller's output is non-finite (and, e.g.,
@@ -10,7 +15,8 @@ cases are answered without any solver:
 - ``G = 0`` (``max(diag G) ≤ 0`` for a Gramian): every feasible ``v`` is optimal; the answer is the
   limit of the solutions for ``G = εI``, the feasible point of least norm ``max(u, 0)``.
 
-After: the solutions are cast back to the Gramian's dtype.
+After: the scaling is undone (``v = S⁻¹ y``) and the solutions are cast back to the Gramian's
+dtype.
 """
 
 from __future__ import annotations
@@ -26,15 +32,22 @@ class Problem:
     """``k`` dual-cone problems on one Gramian, ready for a solver.
 
     Attributes:
-        gramian: ``[m, m]`` float64, symmetric, ``max(diag G) = 1``.
-        lower_bounds: ``[k, m]`` float64, on the Gramian's device.
+        gramian: ``[m, m]`` float64, symmetric, ``S⁻¹ G S⁻¹`` with a diagonal in ``[1/2, 2]``
+            (zero for a zero row).
+        lower_bounds: ``[k, m]`` float64, on the Gramian's device: ``u S``, row by row.
+        row_scales: ``[m]`` powers of two ``s``: the caller's solution is ``y / s``.
         input_dtype: the dtype of the Gramian the caller passed; its precision decides which
             eigenvalues of ``G`` are rounding noise (see :mod:`._jitter`).
     """
 
     gramian: Tensor
     lower_bounds: Tensor
+    row_scales: Tensor
     input_dtype: torch.dtype
+
+    def unscale(self, solution: Tensor) -> Tensor:
+        """The solutions of the caller's problem from those of this rescaled one."""
+        return solution / self.row_scales
 
 
 def prepare(gramian: Tensor, lower_bounds: Tensor) -> Problem | Tensor:
@@ -47,10 +60,14 @@ def prepare(gramian: Tensor, lower_bounds: Tensor) -> Problem | Tensor:
     if not bool(torch.isfinite(g).all() & torch.isfinite(u).all()):
         return torch.full_like(u, torch.nan)
     g = (g + g.mT) / 2.0
-    scale = g.diagonal().amax()
-    if not bool(scale > 0.0):
+    diagonal = g.diagonal()
+    largest = diagonal.amax()
+    if not bool(largest > 0.0):
         return u.clamp(min=0.0)
-    return Problem(g / scale, u, gramian.dtype)
+    # s = 2^round(log2(G_ii) / 2), so that G_ii / s² lies in [1/2, 2].
+    exponents = torch.round(torch.log2(torch.where(diagonal > 0.0, diagonal, largest)) / 2.0)
+    scales = torch.exp2(exponents)
+    return Problem(g / scales / scales.unsqueeze(1), u * scales, scales, gramian.dtype)
 
 
 def finish(solution: Tensor, gramian: Tensor) -> Tensor:

@@ -13,6 +13,8 @@ found on a later rung is polished back to the first rung by the torch solver's p
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import quadprog
 import torch
@@ -34,14 +36,17 @@ def solve_with_quadprog(gramian: Tensor, lower_bounds: Tensor) -> Tensor:
     problem = prepare(gramian, lower_bounds)
     if isinstance(problem, Tensor):
         return finish(problem, gramian)
-    cpu_problem = type(problem)(
-        problem.gramian.cpu(), problem.lower_bounds.cpu(), problem.input_dtype
+    cpu_problem = dataclasses.replace(
+        problem,
+        gramian=problem.gramian.cpu(),
+        lower_bounds=problem.lower_bounds.cpu(),
+        row_scales=problem.row_scales.cpu(),
     )
     m = gramian.shape[0]
     attempt = solve_on_ladder(
         cpu_problem, _attempt, polisher(compact=True, max_iterations=4 * m + 20)
     )
-    return finish(attempt.solution, gramian)
+    return finish(cpu_problem.unscale(attempt.solution), gramian)
 
 
 def _attempt(gramian: Tensor, lower_bounds: Tensor) -> Attempt:

@@ -121,7 +121,9 @@ def solve_dual_cone_torch_with_info(
         return Attempt(*_solve(g, u, use_compact, cap))
 
     attempt = solve_on_ladder(problem, core, polisher(use_compact, cap))
-    return DualConeResult(finish(attempt.solution, gramian), attempt.iterations, attempt.converged)
+    return DualConeResult(
+        finish(problem.unscale(attempt.solution), gramian), attempt.iterations, attempt.converged
+    )
 
 
 def polisher(compact: bool, max_iterations: int) -> Polish:

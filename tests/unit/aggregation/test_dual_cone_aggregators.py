@@ -11,7 +11,9 @@ from dataclasses import dataclass
 
 import pytest
 import torch
-from _matrices import REFERENCE_JACOBIAN, random_jacobians
+from _matrices import REFERENCE_JACOBIAN, random_jacobians, seeds
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from torch import Tensor
 
 from jdoptim.aggregation import (
@@ -182,6 +184,90 @@ def test_weights_are_at_least_the_pref_vector(case: Case, matrix_index: int) -> 
     weights = case.weighting()(jacobian @ jacobian.T)
 
     assert (weights >= 1 / jacobian.shape[0] - 1e-12).all()
+
+
+def _more_rows_than_columns() -> Tensor:
+    """A fixed ``[250, 161]`` Gaussian Jacobian: more objectives than parameters."""
+    generator = torch.Generator().manual_seed(0)
+    return torch.randn(250, 161, generator=generator, dtype=torch.float64)
+
+
+def _rounding_scale(jacobian: Tensor, weights: Tensor) -> Tensor:
+    """``‖gᵢ‖ Σⱼ ‖gⱼ‖ |wⱼ|``: a bound on every term of ``(J Jᵀ w)ᵢ``, the scale of its rounding."""
+    row_norms = jacobian.norm(dim=1)
+    return row_norms * (row_norms * weights.abs()).sum()
+
+
+@CASES
+def test_default_tolerance_holds_row_by_row_and_is_reached_when_m_exceeds_n(case: Case) -> None:
+    jacobian = _more_rows_than_columns()
+    gramian = jacobian @ jacobian.T
+    weights = case.weighting()(gramian)
+
+    products = jacobian @ (jacobian.T @ weights)  # J · A(J)
+
+    # Every QP's optimality condition Ĝv ≥ 0, summed: (J·A(J))_i ≥ -reg_eps · tr(G) · w_i.
+    bound = 1e-4 * gramian.trace() * weights + 1e-12 * _rounding_scale(jacobian, weights)
+    assert (products >= -bound).all()
+    # With more objectives than parameters the rows conflict so much that the bound is reached:
+    # some losses increase to first order, as the documentation says.
+    assert (products < 0).any()
+
+
+@CASES
+@pytest.mark.parametrize("solver", ["auto", "torch"])
+def test_zero_reg_eps_does_not_conflict_when_m_exceeds_n(case: Case, solver: str) -> None:
+    jacobian = _more_rows_than_columns()
+    weights = case.weighting(reg_eps=0.0, solver=solver)(jacobian @ jacobian.T)
+
+    products = jacobian @ case.aggregator(reg_eps=0.0, solver=solver)(jacobian)
+
+    assert (products >= -1e-6 * _rounding_scale(jacobian, weights)).all()
+    assert (weights >= 1 / 250 - 1e-9).all()
+
+
+@st.composite
+def _rank_deficient_with_more_rows_than_columns(draw: st.DrawFn) -> Tensor:
+    """``[m, r] @ [r, n]`` with ``n < m`` and ``r ≤ n``, float64: a singular Gramian."""
+    m = draw(st.integers(min_value=2, max_value=40))
+    n = draw(st.integers(min_value=1, max_value=m - 1))
+    rank = draw(st.integers(min_value=1, max_value=n))
+    generator = torch.Generator().manual_seed(draw(seeds))
+    left = torch.randn(m, rank, generator=generator, dtype=torch.float64)
+    return left @ torch.randn(rank, n, generator=generator, dtype=torch.float64)
+
+
+@CASES
+@pytest.mark.parametrize("solver", ["auto", "torch", "quadprog"])
+@settings(max_examples=25)
+@given(jacobian=_rank_deficient_with_more_rows_than_columns())
+def test_zero_reg_eps_never_conflicts_on_rank_deficient_matrices(
+    case: Case, solver: str, jacobian: Tensor
+) -> None:
+    weights = case.weighting(reg_eps=0.0, solver=solver)(jacobian @ jacobian.T)
+
+    output = case.aggregator(reg_eps=0.0, solver=solver)(jacobian)
+
+    # Every loss is non-increasing to first order, up to a tiny relative tolerance.
+    assert output.isfinite().all()
+    assert (jacobian @ output >= -1e-6 * _rounding_scale(jacobian, weights)).all()
+    assert (weights >= 1 / jacobian.shape[0] - 1e-9).all()
+
+
+@CASES
+def test_zero_reg_eps_on_a_float32_gramian_is_non_conflicting_to_float32_precision(
+    case: Case,
+) -> None:
+    # The float32 Gramian of a [250, 161] Jacobian: its 89 zero eigenvalues are float32 noise.
+    jacobian = _more_rows_than_columns()
+    weights = case.weighting(reg_eps=0.0)(jacobian.float() @ jacobian.float().T).double()
+
+    products = jacobian @ (jacobian.T @ weights)
+
+    # The jitter follows float32's precision: about m · ε₃₂ relative, never NaN nor a failure.
+    assert weights.isfinite().all()
+    tolerance = 250 * torch.finfo(torch.float32).eps * _rounding_scale(jacobian, weights)
+    assert (products >= -tolerance).all()
 
 
 @CASES
