@@ -177,7 +177,7 @@ def _pivot(
         else:
             v = solve_free_masked(g, u, free)
         iterations = 1
-    elif compact_solver is not None and compact_solver.has_inverse and max_iterations > 0:
+    elif compact_solver is not None and compact_solver.has_guide and max_iterations > 0:
         # Warm start: guess the free sets with a few projected-gradient steps from the solutions
         # with only the positive bounds active, and solve for that guess (one pivoting step).
         v = _projected_gradient(g, u, compact_solver.warm_start())

@@ -71,9 +71,10 @@ class CompactSolver:
     ``v_F = -G_FF⁻¹ G_FA u_A``, or equivalently ``v = K_{:A} K_AA⁻¹ u_A`` with ``K = G⁻¹`` (the
     multipliers ``K_AA⁻¹ u_A`` are ``(G v)_A``). All problems share ``G``, so ``K`` is computed
     once, and each problem factorises the smaller of ``G_FF`` and ``K_AA`` (at most ``m / 2``).
-    ``K`` is used only when ``‖K G − I‖`` shows it accurate (not on a nearly singular ``G``), and
-    a step of iterative refinement with the exact ``G`` follows where the estimated error of the
-    solve through ``K`` could show.
+    ``K`` is used to solve only when ``‖K G − I‖`` shows it accurate (not on a nearly singular
+    ``G``), and a step of iterative refinement with the exact ``G`` follows where the estimated
+    error of the solve through ``K`` could show. An inaccurate ``K`` (``G`` positive definite but
+    nearly singular) still guides the first guess of the free sets (``has_guide``).
 
     Blocks are read from ``diag(G, I)`` or ``diag(K, I)`` so that padding costs no extra pass: a
     padding slot ``p`` reads index ``m + p`` (a one on the diagonal). Those matrices live in this
@@ -95,6 +96,8 @@ class CompactSolver:
         identity = torch.eye(m, device=gramian.device, dtype=gramian.dtype)
         factor, info = torch.linalg.cholesky_ex(gramian)
         self.has_inverse = bool(info == 0)
+        # An inverse, even inaccurate (a nearly singular G), still guides the warm start.
+        self.has_guide = self.has_inverse
         self.refine = True
         inverse = identity  # a placeholder where G is not positive definite
         if self.has_inverse:
