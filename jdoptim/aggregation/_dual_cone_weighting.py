@@ -15,7 +15,7 @@ class DualConeWeighting(Weighting):
     """Base of the weightings that project onto the dual cone of the rows (UPGrad, DualProj).
 
     Validates and stores ``pref_vector``, ``norm_eps``, ``reg_eps`` and ``solver``, and builds the
-    regularised Gramian ``Ĝ = N(G) + reg_eps·I`` of SPEC Appendix A. Not differentiable.
+    regularised Gramian ``Ĝ = N(G) + reg_eps·I`` on which both solve their QPs. Not differentiable.
     """
 
     differentiable = False

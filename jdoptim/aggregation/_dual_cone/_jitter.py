@@ -1,26 +1,30 @@
 r"""The jitter ladder shared by the dual-cone solvers, and the precision it follows.
 
-A solver may fail on ``G`` (scaled to ``max(diag G) = 1``): quadprog's dual path needs an
-accurately invertible ``G``, the pivoting of the torch solver can meet a singular free block.
-Each then retries on ``G + δI`` for the next ``δ`` of one ladder, which ends with ``δ = 1``
-(``G + I`` is well conditioned for every positive semi-definite ``G``).
+A solver may fail on ``G`` (rescaled by :mod:`._preprocess` to a diagonal in ``[1/2, 2]``):
+quadprog's dual path needs an accurately invertible ``G``, the pivoting of the torch solver can
+meet a singular free block. Each then retries on ``G + δI`` for the next ``δ`` of one ladder,
+which ends with ``δ = 1`` (``G + I`` is well conditioned for every positive semi-definite ``G``).
+Rungs where ``G + δI`` is not positive definite are skipped; if none is left the matrix is not a
+Gramian and :class:`DualConeSolverError` is raised.
 
 Where the ladder starts follows the precision of the caller's Gramian, not the float64 in which
 the solvers compute. A Gramian of dtype ``d`` carries rounding errors of about
-``ε_d = finfo(d).eps`` on each entry, so its eigenvalues are uncertain by up to ``τ = m · ε_d``:
-``G`` is *numerically singular* when ``G - τI`` is not positive definite (one Cholesky). A
-float32 Gramian converted to float64 keeps the float32 ``τ``, so float32 rounding noise is never
-taken for curvature.
+``ε_d = finfo(d).eps`` relative to its rows' norms, so its eigenvalues (after the rescaling) are
+uncertain by up to ``τ = m · ε_d``: ``G`` is *numerically singular* when ``G - τI`` is not
+positive definite (one Cholesky). A float32 Gramian converted to float64 keeps the float32
+``τ``, so float32 rounding noise is never taken for curvature.
 
-- ``G`` numerically positive definite (UPGrad and DualProj with ``reg_eps > 0`` short of extreme
-  values): the ladder starts at ``δ = 0``, the exact problem.
+- ``G`` numerically positive definite (UPGrad and DualProj with ``reg_eps > 0``, unless a
+  float32 Gramian has ``m ε₃₂`` above about ``reg_eps / 2``): the ladder starts at ``δ = 0``, the
+  exact problem.
 - ``G`` numerically singular (``reg_eps = 0`` with rank-deficient or ``m > n`` Jacobians): the
   ladder starts at ``δ₀ = max(2τ, 10⁶ ε₆₄)``. ``G + δ₀I`` is positive definite whatever the
   rounding noise, and the ``10⁶ ε₆₄ ≈ 2.2·10⁻¹⁰`` bound keeps the float64 solves accurate to about
   ``10⁻⁶`` in the directions where ``G`` vanishes. The solution ``v`` of ``G + δ₀I`` satisfies
-  the optimality condition ``(G + δ₀I) v ≥ 0``, that is ``(G v)_j ≥ -δ₀ v_j``: non-conflict up
-  to ``δ₀ · max(diag G) · v_j`` (about ``2·10⁻¹⁰`` relative in float64, ``m · 2.4·10⁻⁷`` in
-  float32, the precision of the input itself).
+  the optimality condition ``(G + δ₀I) v ≥ 0``; undoing the rescaling ``s_j²`` (within a factor
+  two of the caller's ``G_jj = ‖g_j‖²``), ``(G v)_j ≥ -2 δ₀ ‖g_j‖² v_j``: non-conflict, row by
+  row, up to about ``4.4·10⁻¹⁰`` relative in float64 and ``4 m ε₃₂`` in float32 (the precision
+  of the input itself).
 
 The rungs after the first are only for the solvers: when a solver succeeds on a later rung, the
 answer is *polished* back to the first one by the torch solver's pivoting started from that
@@ -103,27 +107,38 @@ def jittered(gramian: Tensor, jitter: float) -> Tensor:
     return gramian + jitter * identity
 
 
+def _is_positive_definite(gramian: Tensor) -> bool:
+    return bool(torch.linalg.cholesky_ex(gramian)[1] == 0)
+
+
 def solve_on_ladder(problem: Problem, core: Core, polish: Polish | None) -> Attempt:
     """Runs ``core`` on each rung in turn until it succeeds; an answer from a later rung is
-    polished back to the first. Raises :class:`DualConeSolverError` if every rung fails (only
-    for a matrix far from positive semi-definite); a last attempt that is finite but did not
-    converge (the torch solver's cap on its steps) is returned as it is."""
+    polished back to the first. Rungs where ``G + δI`` is not positive definite are skipped, so
+    that no solver is given a non-convex problem. Raises :class:`DualConeSolverError` if every
+    rung fails (only for a matrix far from positive semi-definite); a last attempt that is
+    finite but did not converge (the torch solver's cap on its steps) is returned as it is."""
     rungs = ladder(problem)
     iterations = 0
     attempt: Attempt | None = None
+    first: Tensor | None = None  # G on the first rung where it is positive definite
     for jitter in rungs:
-        attempt = core(jittered(problem.gramian, jitter), problem.lower_bounds)
+        gramian = jittered(problem.gramian, jitter)
+        # A zero first rung was chosen because G - τI is positive definite: no check needed.
+        if jitter > 0.0 and not _is_positive_definite(gramian):
+            continue
+        first = gramian if first is None else first
+        attempt = core(gramian, problem.lower_bounds)
         iterations += attempt.iterations
         if not attempt.succeeded:
             continue
-        if jitter > rungs[0] and polish is not None:
-            target = jittered(problem.gramian, rungs[0])
-            polished = polish(target, problem.lower_bounds, attempt.solution)
+        if gramian is not first and polish is not None:
+            polished = polish(first, problem.lower_bounds, attempt.solution)
             iterations += polished.iterations
             if polished.succeeded:
                 attempt = polished
         return Attempt(attempt.solution, iterations, True)
-    assert attempt is not None
+    if attempt is None:
+        raise not_a_gramian("it is not positive definite")
     if bool(torch.isfinite(attempt.solution).all()):
         return Attempt(attempt.solution, iterations, False)
     raise not_a_gramian("no jitter made it solvable")
