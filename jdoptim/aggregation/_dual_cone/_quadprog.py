@@ -9,6 +9,19 @@ constraint active) is answered without a QP.
 The dual needs ``G⁻¹`` accurately: a rung of the jitter ladder (see :mod:`._jitter`) where ``G``
 is too ill-conditioned for that (1-norm condition above ``10¹⁰``) is a failure, and the answer
 found on a later rung is polished back to the first rung by the torch solver's pivoting.
+
+A numerically singular ``G`` (``reg_eps = 0`` with more objectives than parameters, or a
+rank-deficient Jacobian) is instead solved *in its range*, exactly and without any jitter:
+with ``G = R Rᵀ`` (``R`` ``[m, r]`` from the eigenvalues above the rounding noise of the input
+dtype, ``m ε λ_max``), the problem is the dual of the projection of ``Rᵀu`` onto the cone
+``{y : R y ≥ 0}``,
+
+    ``min ½‖y‖² - (Rᵀu)ᵀ y  s.t.  R y ≥ 0``,
+
+an ``r``-dimensional QP with the identity as Hessian (perfectly conditioned), whose multipliers
+``λ ≥ 0`` give ``v = u + λ``: then ``v ≥ u`` exactly and ``G v = R y ≥ 0`` up to rounding and the
+discarded eigenvalues. quadprog solves it in its primal form. It beats the torch pivoting, which
+stalls on such problems, up to a few dozen objectives.
 """
 
 from __future__ import annotations
@@ -21,8 +34,8 @@ import torch
 from numpy.typing import NDArray
 from torch import Tensor
 
-from ._jitter import Attempt, solve_on_ladder
-from ._preprocess import finish, prepare
+from ._jitter import Attempt, ladder, noise_level, solve_on_ladder
+from ._preprocess import Problem, finish, prepare
 from ._torch import polisher
 
 _Array = NDArray[np.float64]
@@ -42,11 +55,47 @@ def solve_with_quadprog(gramian: Tensor, lower_bounds: Tensor) -> Tensor:
         lower_bounds=problem.lower_bounds.cpu(),
         row_scales=problem.row_scales.cpu(),
     )
+    if ladder(cpu_problem)[0] > 0.0:
+        in_range = _solve_in_range(cpu_problem)
+        if in_range is not None:
+            return finish(cpu_problem.unscale(in_range), gramian)
     m = gramian.shape[0]
     attempt = solve_on_ladder(
         cpu_problem, _attempt, polisher(compact=True, max_iterations=4 * m + 20)
     )
     return finish(cpu_problem.unscale(attempt.solution), gramian)
+
+
+# Below -_NEGATIVE_NOISE_FACTOR · τ · λ_max, a negative eigenvalue is not rounding noise: the
+# matrix is not a Gramian, and the jitter ladder decides (and raises).
+_NEGATIVE_NOISE_FACTOR = 4.0
+
+
+def _solve_in_range(problem: Problem) -> Tensor | None:
+    """The exact solutions of a numerically singular problem through its range (see the module
+    docstring), or ``None`` where ``G`` is not positive semi-definite within its precision or
+    quadprog fails."""
+    eigenvalues, eigenvectors = torch.linalg.eigh(problem.gramian)
+    largest = float(eigenvalues[-1])
+    cut = noise_level(problem.input_dtype, problem.gramian.shape[0]) * max(largest, 1.0)
+    if not float(eigenvalues[0]) >= -_NEGATIVE_NOISE_FACTOR * cut:
+        return None
+    keep = eigenvalues > cut
+    factor = (eigenvectors[:, keep] * eigenvalues[keep].sqrt()).numpy()  # R, [m, r]
+    g = problem.gramian.numpy()
+    u = problem.lower_bounds.numpy()
+    solutions: _Array = u.copy()
+    constraints = np.ascontiguousarray(factor.T)  # quadprog's C, [r, m]: C^T y = R y ≥ 0
+    identity = np.eye(factor.shape[1])
+    zeros = np.zeros(factor.shape[0])
+    try:
+        for row in np.flatnonzero((u @ g < 0.0).any(axis=1)):
+            # factorized=True: the Hessian is given by the inverse of its Cholesky factor, I.
+            result = quadprog.solve_qp(identity, constraints @ u[row], constraints, zeros, 0, True)
+            solutions[row] = u[row] + np.maximum(result[4], 0.0)
+    except ValueError:
+        return None
+    return torch.from_numpy(solutions)
 
 
 def _attempt(gramian: Tensor, lower_bounds: Tensor) -> Attempt:

@@ -304,6 +304,13 @@ def test_auto_solver_uses_closed_forms_then_quadprog_for_small_cpu_problems_and_
     for gramian in (torch.ones(2, 2), torch.tensor([[1.0, 0.0], [0.0, float("nan")]])):
         solve_dual_cone(gramian.double(), torch.eye(2, dtype=torch.float64), "auto")
     assert calls == ["closed form", "quadprog", "closed form", "quadprog"]
+    # Beyond, a singular G goes to quadprog (solving in its range) up to a larger size.
+    calls.clear()
+    for m in (_registry._AUTO_QUADPROG_MAX_M + 1, _registry._AUTO_SINGULAR_QUADPROG_MAX_M + 1):
+        solve_dual_cone(
+            torch.ones(m, m, dtype=torch.float64), torch.eye(m, dtype=torch.float64), "auto"
+        )
+    assert calls == ["quadprog", "torch"]
 
 
 @pytest.mark.parametrize("m", [3, 30])
