@@ -26,7 +26,9 @@ positive definite (one Cholesky). A float32 Gramian converted to float64 keeps t
   row, up to about ``4.4·10⁻¹⁰`` relative in float64 and ``4 m ε₃₂`` in float32 (the precision
   of the input itself).
 
-The rungs after the first are only for the solvers: when a solver succeeds on a later rung, the
+(quadprog does not use the ladder for a numerically singular ``G``: it solves it exactly in
+its range, and falls back to the ladder only if that fails.) The rungs after the first are only
+for the solvers: when a solver succeeds on a later rung, the
 answer is *polished* back to the first one by the torch solver's pivoting started from that
 answer's free indices (a primal method that needs no inverse of ``G``), so that the guarantee
 above holds whichever solver ran.
