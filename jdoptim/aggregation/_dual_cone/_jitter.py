@@ -73,7 +73,7 @@ Polish = Callable[[Tensor, Tensor, Tensor], Attempt]
 
 def noise_level(dtype: torch.dtype, m: int) -> float:
     """``τ = m · ε``: how much rounding in a Gramian of ``dtype`` may move its eigenvalues,
-    relative to ``max(diag G)``."""
+    relative to its (rescaled, unit-order) diagonal."""
     return m * torch.finfo(dtype).eps
 
 
