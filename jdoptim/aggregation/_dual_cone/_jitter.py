@@ -43,7 +43,7 @@ import torch
 from torch import Tensor
 
 from ._errors import not_a_gramian
-from ._preprocess import Problem
+from ._problem import Problem
 
 # Smallest first rung of a numerically singular G: below it, rounding in float64 solves is
 # amplified by more than 1 / (10⁶) in the directions where G vanishes.
@@ -84,15 +84,19 @@ def is_numerically_singular(gramian: Tensor, noise: float) -> bool:
     return bool(info != 0)
 
 
+def first_jitter(gramian: Tensor, input_dtype: torch.dtype) -> float:
+    """The first rung for ``gramian`` (rescaled, float64) given as ``input_dtype``: ``0``
+    unless it is numerically singular, then ``δ₀ = max(2τ, 10⁶ ε₆₄)``."""
+    noise = noise_level(input_dtype, gramian.shape[0])
+    if not is_numerically_singular(gramian, noise):
+        return 0.0
+    return max(2.0 * noise, _MIN_JITTER)
+
+
 def ladder(problem: Problem) -> tuple[float, ...]:
     """The jitters to try in turn on ``problem``; the first is the problem actually solved."""
-    noise = noise_level(problem.input_dtype, problem.gramian.shape[0])
-    if not is_numerically_singular(problem.gramian, noise):
-        first = 0.0
-        jitter = _MIN_JITTER
-    else:
-        first = max(2.0 * noise, _MIN_JITTER)
-        jitter = first * _RUNG_FACTOR
+    first = problem.first_jitter
+    jitter = first * _RUNG_FACTOR if first > 0.0 else _MIN_JITTER
     rungs = [first]
     while jitter < 1.0:
         rungs.append(jitter)

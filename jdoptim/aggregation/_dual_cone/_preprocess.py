@@ -21,33 +21,13 @@ dtype.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import math
 
 import torch
 from torch import Tensor
 
-
-@dataclass(frozen=True)
-class Problem:
-    """``k`` dual-cone problems on one Gramian, ready for a solver.
-
-    Attributes:
-        gramian: ``[m, m]`` float64, symmetric, ``S⁻¹ G S⁻¹`` with a diagonal in ``[1/2, 2]``
-            (zero for a zero row).
-        lower_bounds: ``[k, m]`` float64, on the Gramian's device: ``u S``, row by row.
-        row_scales: ``[m]`` powers of two ``s``: the caller's solution is ``y / s``.
-        input_dtype: the dtype of the Gramian the caller passed; its precision decides which
-            eigenvalues of ``G`` are rounding noise (see :mod:`._jitter`).
-    """
-
-    gramian: Tensor
-    lower_bounds: Tensor
-    row_scales: Tensor
-    input_dtype: torch.dtype
-
-    def unscale(self, solution: Tensor) -> Tensor:
-        """The solutions of the caller's problem from those of this rescaled one."""
-        return solution / self.row_scales
+from ._jitter import first_jitter
+from ._problem import Problem
 
 
 def prepare(gramian: Tensor, lower_bounds: Tensor) -> Problem | Tensor:
@@ -57,17 +37,21 @@ def prepare(gramian: Tensor, lower_bounds: Tensor) -> Problem | Tensor:
     k, m = u.shape
     if k == 0 or m == 0:
         return torch.zeros_like(u)
-    if not bool(torch.isfinite(g).all() & torch.isfinite(u).all()):
-        return torch.full_like(u, torch.nan)
     g = (g + g.mT) / 2.0
     diagonal = g.diagonal()
-    largest = diagonal.amax()
-    if not bool(largest > 0.0):
+    # One synchronisation for the three checks: NaN and inf propagate through the maxima.
+    largest_entry, largest_bound, largest = torch.stack(
+        (g.abs().amax(), u.abs().amax(), diagonal.amax())
+    ).tolist()
+    if not (math.isfinite(largest_entry) and math.isfinite(largest_bound)):
+        return torch.full_like(u, torch.nan)
+    if not largest > 0.0:
         return u.clamp(min=0.0)
     # s = 2^round(log2(G_ii) / 2), so that G_ii / s² lies in [1/2, 2].
     exponents = torch.round(torch.log2(torch.where(diagonal > 0.0, diagonal, largest)) / 2.0)
     scales = torch.exp2(exponents)
-    return Problem(g / scales / scales.unsqueeze(1), u * scales, scales, gramian.dtype)
+    g = g / scales / scales.unsqueeze(1)
+    return Problem(g, u * scales, scales, gramian.dtype, first_jitter(g, gramian.dtype))
 
 
 def finish(solution: Tensor, gramian: Tensor) -> Tensor:

@@ -34,8 +34,9 @@ import torch
 from numpy.typing import NDArray
 from torch import Tensor
 
-from ._jitter import Attempt, ladder, noise_level, solve_on_ladder
-from ._preprocess import Problem, finish, prepare
+from ._jitter import Attempt, noise_level, solve_on_ladder
+from ._preprocess import finish, prepare
+from ._problem import Problem
 from ._torch import polisher
 
 _Array = NDArray[np.float64]
@@ -44,18 +45,21 @@ _Array = NDArray[np.float64]
 _MAX_CONDITION = 1e10
 
 
-def solve_with_quadprog(gramian: Tensor, lower_bounds: Tensor) -> Tensor:
-    """Solves the ``k`` problems with quadprog; the result has the Gramian's device and dtype."""
-    problem = prepare(gramian, lower_bounds)
-    if isinstance(problem, Tensor):
-        return finish(problem, gramian)
+def solve_with_quadprog(
+    gramian: Tensor, lower_bounds: Tensor, *, problem: Problem | None = None
+) -> Tensor:
+    """Solves the ``k`` problems with quadprog; the result has the Gramian's device and dtype.
+    ``problem``: the problems already prepared (by the ``"auto"`` policy)."""
+    prepared = prepare(gramian, lower_bounds) if problem is None else problem
+    if isinstance(prepared, Tensor):
+        return finish(prepared, gramian)
     cpu_problem = dataclasses.replace(
-        problem,
-        gramian=problem.gramian.cpu(),
-        lower_bounds=problem.lower_bounds.cpu(),
-        row_scales=problem.row_scales.cpu(),
+        prepared,
+        gramian=prepared.gramian.cpu(),
+        lower_bounds=prepared.lower_bounds.cpu(),
+        row_scales=prepared.row_scales.cpu(),
     )
-    if ladder(cpu_problem)[0] > 0.0:
+    if cpu_problem.first_jitter > 0.0:
         in_range = _solve_in_range(cpu_problem)
         if in_range is not None:
             return finish(cpu_problem.unscale(in_range), gramian)

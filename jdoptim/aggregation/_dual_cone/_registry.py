@@ -15,8 +15,7 @@ from collections.abc import Callable
 from torch import Tensor
 
 from ._closed_form import solve_closed_form
-from ._jitter import ladder
-from ._preprocess import Problem, prepare
+from ._preprocess import finish, prepare
 from ._quadprog import solve_with_quadprog
 from ._torch import solve_dual_cone_torch
 
@@ -53,8 +52,11 @@ def solve_auto(gramian: Tensor, lower_bounds: Tensor) -> Tensor:
         return solve_with_quadprog(gramian, lower_bounds)
     if gramian.device.type == "cpu" and m <= _AUTO_SINGULAR_QUADPROG_MAX_M:
         problem = prepare(gramian, lower_bounds)
-        if isinstance(problem, Problem) and ladder(problem)[0] > 0.0:
-            return solve_with_quadprog(gramian, lower_bounds)
+        if isinstance(problem, Tensor):
+            return finish(problem, gramian)
+        if problem.first_jitter > 0.0:
+            return solve_with_quadprog(gramian, lower_bounds, problem=problem)
+        return solve_dual_cone_torch(gramian, lower_bounds, problem=problem)
     return solve_dual_cone_torch(gramian, lower_bounds)
 
 

@@ -40,6 +40,7 @@ from torch import Tensor
 
 from ._jitter import Attempt, Polish, solve_on_ladder
 from ._preprocess import finish, prepare
+from ._problem import Problem
 from ._torch_blocks import CompactSolver, solve_free_masked
 
 #: Number of full exchanges tolerated without a decrease of the violations before a problem is
@@ -68,14 +69,17 @@ class DualConeResult:
         self.converged = converged
 
 
-def solve_dual_cone_torch(gramian: Tensor, lower_bounds: Tensor) -> Tensor:
+def solve_dual_cone_torch(
+    gramian: Tensor, lower_bounds: Tensor, *, problem: Problem | None = None
+) -> Tensor:
     r"""Solves :math:`\min_v v^\top G v` s.t. :math:`v \ge u` for each row ``u`` of the bounds.
 
     ``gramian`` ``[m, m]`` is positive semi-definite (UPGrad and DualProj pass the
     trace-normalised Gramian plus ``reg_eps · I``); ``lower_bounds`` is ``[k, m]``. All ``k``
     problems are solved together in float64 on the Gramian's device; the result ``[k, m]`` has
     the Gramian's device and dtype. On CPU the loop checks convergence after every pivoting step;
-    on other devices it synchronises with the host only once every four steps.
+    on other devices it synchronises with the host only once every four steps. ``problem``: the
+    problems already prepared (by the ``"auto"`` policy), which saves preparing them again.
 
     Example:
         >>> import torch
@@ -85,7 +89,7 @@ def solve_dual_cone_torch(gramian: Tensor, lower_bounds: Tensor) -> Tensor:
         tensor([[1.0000, 0.5000],
                 [0.5000, 1.0000]], dtype=torch.float64)
     """
-    result = solve_dual_cone_torch_with_info(gramian, lower_bounds)
+    result = solve_dual_cone_torch_with_info(gramian, lower_bounds, problem=problem)
     if not result.converged:
         warnings.warn(
             f"The torch dual-cone solver stopped at its cap of {result.iterations} pivoting steps "
@@ -102,6 +106,7 @@ def solve_dual_cone_torch_with_info(
     *,
     compact: bool | None = None,
     max_iterations: int | None = None,
+    problem: Problem | None = None,
 ) -> DualConeResult:
     """Same as :func:`solve_dual_cone_torch`, also reporting the steps taken and convergence.
 
@@ -110,9 +115,9 @@ def solve_dual_cone_torch_with_info(
     synchronisation per step); without it every step solves all ``k`` masked ``[m, m]`` systems
     and the host is consulted once every four steps.
     """
-    problem = prepare(gramian, lower_bounds)
-    if isinstance(problem, Tensor):
-        return DualConeResult(finish(problem, gramian), 0, True)
+    prepared = prepare(gramian, lower_bounds) if problem is None else problem
+    if isinstance(prepared, Tensor):
+        return DualConeResult(finish(prepared, gramian), 0, True)
     m = gramian.shape[0]
     use_compact = gramian.device.type == "cpu" if compact is None else compact
     cap = 4 * m + 20 if max_iterations is None else max_iterations
@@ -120,9 +125,9 @@ def solve_dual_cone_torch_with_info(
     def core(g: Tensor, u: Tensor) -> Attempt:
         return Attempt(*_solve(g, u, use_compact, cap))
 
-    attempt = solve_on_ladder(problem, core, polisher(use_compact, cap))
+    attempt = solve_on_ladder(prepared, core, polisher(use_compact, cap))
     return DualConeResult(
-        finish(problem.unscale(attempt.solution), gramian), attempt.iterations, attempt.converged
+        finish(prepared.unscale(attempt.solution), gramian), attempt.iterations, attempt.converged
     )
 
 

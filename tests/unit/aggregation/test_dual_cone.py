@@ -13,7 +13,8 @@ from torch import Tensor
 from jdoptim.aggregation._dual_cone import DualConeSolverError, _registry, solve_dual_cone
 from jdoptim.aggregation._dual_cone._closed_form import solve_closed_form
 from jdoptim.aggregation._dual_cone._jitter import ladder
-from jdoptim.aggregation._dual_cone._preprocess import Problem, prepare
+from jdoptim.aggregation._dual_cone._preprocess import prepare
+from jdoptim.aggregation._dual_cone._problem import Problem
 
 # Contract tests that every dual-cone solver must pass.
 SOLVERS = pytest.mark.parametrize("solver", ["quadprog", "torch"])
@@ -287,12 +288,12 @@ def test_auto_solver_uses_closed_forms_then_quadprog_for_small_cpu_problems_and_
     monkeypatch.setattr(
         _registry,
         "solve_with_quadprog",
-        lambda g, u: calls.append("quadprog") or torch.zeros_like(u),
+        lambda g, u, **_: calls.append("quadprog") or torch.zeros_like(u),
     )
     monkeypatch.setattr(
         _registry,
         "solve_dual_cone_torch",
-        lambda g, u: calls.append("torch") or torch.zeros_like(u),
+        lambda g, u, **_: calls.append("torch") or torch.zeros_like(u),
     )
     for m in (1, 2, 3, _registry._AUTO_QUADPROG_MAX_M, _registry._AUTO_QUADPROG_MAX_M + 1):
         solve_dual_cone(
