@@ -375,3 +375,20 @@ def test_closed_forms_of_one_and_two_objectives_match_quadprog(
     if reg_eps >= 1e-4:
         error_scale = torch.maximum(expected.abs().amax(), bounds.abs().amax())
         assert (auto - expected).abs().max() <= 1e-6 * error_scale
+
+
+@pytest.mark.parametrize(("m", "n"), [(12, 5), (30, 10), (60, 20)])
+def test_quadprog_solves_a_singular_gramian_exactly_in_its_range(m: int, n: int) -> None:
+    generator = torch.Generator().manual_seed(m)
+    jacobian = torch.randn(m, n, generator=generator, dtype=torch.float64)
+    gramian = jacobian @ jacobian.T
+    lower_bounds = torch.eye(m, dtype=torch.float64) / m
+
+    solutions = solve_dual_cone(gramian, lower_bounds, "quadprog")
+
+    # No jitter: the optimality conditions of G itself hold to rounding, far below the bound
+    # 2 · 2.2e-10 that the smallest jitter would leave.
+    assert (solutions >= lower_bounds).all()
+    norms = gramian.diagonal().sqrt()
+    scale = norms * (solutions * norms).sum(dim=1, keepdim=True)
+    assert (solutions @ gramian >= -1e-12 * scale).all()
