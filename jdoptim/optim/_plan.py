@@ -30,6 +30,7 @@ class Plan:
         known_finite: whether everything written is known to be finite without a check.
         backward: a weighted backward pass that writes ``.grad`` itself (Gramian mode), run by
             :func:`write` after the pairs.
+        value: the scalarized loss, detached (scalarizer mode), or ``None``.
     """
 
     grads: list[tuple[Tensor, Tensor]] = field(default_factory=list)
@@ -39,6 +40,7 @@ class Plan:
     clear_jacs: list[Tensor] = field(default_factory=list)
     known_finite: bool = False
     backward: Callable[[], None] | None = None
+    value: Tensor | None = None
 
 
 def write(plan: Plan) -> None:

@@ -1,5 +1,6 @@
 """``state_dict`` / ``load_state_dict`` of ``JacobianOptimizer``: the wrapped optimizer's state plus
-the state of the aggregators, the weighting and the shared generator, under the key ``"jdoptim"``.
+the state of the aggregators, the weighting (or the scalarizer) and the shared generator, under
+the key ``"jdoptim"``.
 """
 
 from __future__ import annotations
@@ -47,6 +48,7 @@ def jdoptim_state(
     weighting: nn.Module | None,
     param_groups: list[dict[str, Any]],
     sync: Sync,
+    scalarizer: nn.Module | None = None,
 ) -> dict[str, Any]:
     """The ``"jdoptim"`` entry of the state dict: plain tensors, numbers and containers."""
     state: dict[str, Any] = {
@@ -58,6 +60,8 @@ def jdoptim_state(
             if "aggregator" in group
         },
     }
+    if scalarizer is not None:
+        state["scalarizer"] = dict(scalarizer.state_dict())
     if sync.shared_random is not None:
         state["shared_rng_state"] = sync.shared_random.state()
     return state
@@ -69,10 +73,21 @@ def load_jdoptim_state(
     weighting: nn.Module | None,
     param_groups: list[dict[str, Any]],
     sync: Sync,
+    scalarizer: nn.Module | None = None,
 ) -> None:
     """Loads the ``"jdoptim"`` entry into the current modules (the caller's transaction undoes a
-    partial load)."""
+    partial load). A state of scalarizer mode only loads in scalarizer mode, and conversely."""
+    saved_scalarizer = extra.get("scalarizer")
+    if (saved_scalarizer is None) != (scalarizer is None):
+        was, now = ("with", "without") if scalarizer is None else ("without", "with")
+        raise ValueError(
+            f"`state_dict` was saved by a JacobianOptimizer {was} a scalarizer, but this one is "
+            f"{now} one: a state dict only loads into an optimizer of the same mode "
+            "(scalarizer mode, or Jacobian and Gramian modes)."
+        )
     loads: list[tuple[nn.Module, dict[str, Any]]] = []
+    if scalarizer is not None and saved_scalarizer is not None:
+        loads.append((scalarizer, saved_scalarizer))
     if aggregator is not None and extra.get("aggregator") is not None:
         loads.append((aggregator, extra["aggregator"]))
     if weighting is not None and extra.get("weighting") is not None:
@@ -91,10 +106,13 @@ def load_jdoptim_state(
 
 
 def stateful_modules(
-    aggregator: nn.Module, weighting: nn.Module | None, param_groups: list[dict[str, Any]]
+    aggregator: nn.Module | None,
+    weighting: nn.Module | None,
+    param_groups: list[dict[str, Any]],
+    scalarizer: nn.Module | None = None,
 ) -> list[nn.Module]:
     """The modules whose state the optimizer saves and restores: each once."""
-    modules = [aggregator] if weighting is None else [aggregator, weighting]
+    modules = [m for m in (aggregator, weighting, scalarizer) if m is not None]
     for group in param_groups:
         module = group.get("aggregator")
         if module is not None and all(module is not m for m in modules):
