@@ -10,6 +10,7 @@ drifts apart), and the weighted gradients are averaged in one flat all-reduce.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -94,31 +95,62 @@ def plan_scalarized(
     _check_value(value, scalarizer)
     weights, *learned_grads = torch.autograd.grad(value, [leaf, *learned], allow_unused=True)
     weights = torch.zeros_like(leaf) if weights is None else weights.detach()
-    grads = torch.autograd.grad(
-        values, params, grad_outputs=weights, retain_graph=retain_graph, allow_unused=True
-    )
-    if sync.active:
-        # Every parameter gets a place in the buffer (zero where unused), so that all ranks
-        # share its layout: one collective for the whole model.
-        buffer = torch.cat(
-            [
-                (torch.zeros_like(p) if g is None else g).reshape(-1)
-                for p, g in zip(params, grads, strict=True)
-            ]
-        )
-        sync.all_reduce(buffer)
-        pairs = list(zip(params, split_update(buffer, params), strict=True))
-    else:
-        pairs = [(p, g) for p, g in zip(params, grads, strict=True) if g is not None]
-        if not pairs:
-            raise ValueError(NO_PARAMETER)
-    pairs += [(p, g) for p, g in zip(learned, learned_grads, strict=True) if g is not None]
-    return Plan(
-        grads=pairs,
+    learned_pairs = [(p, g) for p, g in zip(learned, learned_grads, strict=True) if g is not None]
+    plan = Plan(
+        grads=learned_pairs,
         weights=tuple(weights for _ in groups),
         gramians=tuple(None for _ in groups),
         value=value.detach(),
     )
+    if not sync.active:
+        # One ordinary backward pass, so that the hooks of a DistributedDataParallel wrapper
+        # (without `process_group`) average the gradients as they do for `loss.backward()`.
+        plan.backward = _weighted_backward(values, weights, params, retain_graph)
+        return plan
+    # With a process group, DDP's reducer is bypassed (`torch.autograd.grad`) and the gradients
+    # are averaged here. Every parameter gets a place in the buffer (zero where unused), so that
+    # all ranks share its layout: one collective for the whole model.
+    grads = torch.autograd.grad(
+        values, params, grad_outputs=weights, retain_graph=retain_graph, allow_unused=True
+    )
+    buffer = torch.cat(
+        [
+            (torch.zeros_like(p) if g is None else g).reshape(-1)
+            for p, g in zip(params, grads, strict=True)
+        ]
+    )
+    sync.all_reduce(buffer)
+    plan.grads = [*zip(params, split_update(buffer, params), strict=True), *learned_pairs]
+    return plan
+
+
+def _weighted_backward(
+    values: Tensor, weights: Tensor, params: list[Tensor], retain_graph: bool
+) -> Callable[[], None]:
+    """``values.backward(weights)`` into the ``.grad`` of ``params``, accumulated out of place
+    (the previous ``.grad`` tensors stay intact for the caller's transaction). Raises when the
+    losses depend on none of ``params``, without a walk of the graph: none of them got a
+    gradient."""
+
+    def backward() -> None:
+        previous = [(p, p.grad) for p in params if p.grad is not None]
+        for param, _ in previous:
+            param.grad = None
+        try:
+            torch.autograd.backward(
+                values, grad_tensors=weights, retain_graph=retain_graph, inputs=params
+            )
+            if all(p.grad is None for p in params):
+                raise ValueError(NO_PARAMETER)
+        except BaseException:
+            for param in params:
+                param.grad = None
+            raise
+        finally:
+            for param, grad in previous:
+                param.grad = grad if param.grad is None else grad + param.grad
+
+    return backward
 
 
 def _check_value(value: Any, scalarizer: nn.Module) -> None:

@@ -71,14 +71,16 @@ def _counting(counts: list[int]) -> Iterator[None]:
 
 def _train(rank: int | None, name: str, wrap: str = "none") -> dict[str, Tensor]:
     """4 steps in scalarizer mode (rank None: one process). FAMO steps with a closure (so that
-    the wrapper re-evaluates and updates it), DWA ends an epoch every 2 steps."""
+    the wrapper re-evaluates and updates it), DWA ends an epoch every 2 steps. `wrap`: "none",
+    "ddp" (a DDP wrapper and `process_group`), "ddp_without_group" (plain DDP: its hooks average
+    the gradients, each rank's scalarizer sees its own losses)."""
     model = _mlp()
-    forward = DistributedDataParallel(model) if wrap == "ddp" else model
+    forward = DistributedDataParallel(model) if wrap.startswith("ddp") else model
     scalarizer = SCALARIZERS[name]().double()
     opt = JacobianOptimizer(
         torch.optim.Adam(model.parameters(), lr=0.05),
         scalarizer=scalarizer,
-        process_group=None if rank is None else dist.group.WORLD,
+        process_group=None if rank is None or wrap == "ddp_without_group" else dist.group.WORLD,
     )
     reductions = []
     for step in range(STEPS):
@@ -137,6 +139,8 @@ def _all_scenarios(rank: int) -> dict[str, dict[str, Tensor]]:
     torch.manual_seed(rank)
     results = {name: _train(rank, name) for name in SCALARIZERS}
     results["UW/ddp"] = _train(rank, "UW", "ddp")
+    for name in ("Mean", "UW"):
+        results[f"{name}/ddp_without_group"] = _train(rank, name, "ddp_without_group")
     results["Random"] = _train_random(rank)
     return results
 
@@ -161,6 +165,23 @@ def test_scalarizer_mode_equals_the_full_batch_step(
     for result in (rank0, rank1):
         assert result["all_reduce_per_step"].tolist() == [per_step] * STEPS
     assert expected["all_reduce_per_step"].tolist() == [0] * STEPS
+
+
+@pytest.mark.timeout(200)
+def test_plain_ddp_averages_the_gradients_of_rank_local_scalarizers(
+    ranks: list[dict[str, dict[str, Tensor]]],
+) -> None:
+    # Mean's weights do not depend on the losses: plain DDP gives the full-batch step.
+    expected = _train(None, "Mean")
+    rank0, rank1 = (result["Mean/ddp_without_group"] for result in ranks)
+    torch.testing.assert_close(rank0["params"], expected["params"], rtol=0, atol=1e-6)
+    assert torch.equal(rank0["params"], rank1["params"])
+    # UW: DDP's hooks average the model's gradients, but each rank's log-variances learn from
+    # its own losses, so they differ between the ranks.
+    rank0, rank1 = (result["UW/ddp_without_group"] for result in ranks)
+    assert not torch.equal(rank0["scalarizer"], rank1["scalarizer"])
+    for result in (rank0, rank1):
+        assert result["all_reduce_per_step"].tolist() == [0] * STEPS  # only DDP's own buckets
 
 
 @pytest.mark.timeout(200)

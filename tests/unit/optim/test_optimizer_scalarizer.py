@@ -468,6 +468,20 @@ def test_non_finite_losses_leave_the_scalarizer_state_untouched(
     assert all(p.grad is None for p in model.parameters())
 
 
+def test_losses_of_no_parameter_of_the_optimizer_are_refused() -> None:
+    model, other = make_model(), make_model()
+    famo = FAMO(3)
+    opt = JacobianOptimizer(torch.optim.SGD(model.parameters(), lr=0.1), scalarizer=famo)
+    opt.step(task_losses(model, 0))
+    before = scalarizer_state(famo)
+    grads = [p.grad for p in model.parameters()]
+    with pytest.raises(ValueError, match="depend on none of them"):
+        opt.backward(task_losses(other, 1))
+    assert_same_state(scalarizer_state(famo), before)
+    assert all(p.grad is g for p, g in zip(model.parameters(), grads, strict=True))
+    assert all(p.grad is None for p in other.parameters())
+
+
 class FailingSGD(torch.optim.SGD):
     """An SGD whose step evaluates the closure, then fails."""
 
