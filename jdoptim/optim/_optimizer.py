@@ -36,8 +36,9 @@ from ._jacobian_mode import plan_jacobian
 from ._multi_task_mode import plan_multi_task
 from ._plan import Plan, write
 from ._scalarizer_mode import add_learned_parameters, check_scalarizer_arguments, plan_scalarized
-from ._scalarizer_step import scalarized_step
+from ._scalarizer_step import closure_step
 from ._state import (
+    ModeModules,
     jdoptim_state,
     keep_aggregators_across_loads,
     load_jdoptim_state,
@@ -273,12 +274,9 @@ class JacobianOptimizer(SharedAttributes, Optimizer):
             # optimizers may re-run it after changing the parameters, so only they need a copy.
             once = type(self._inner) in VALIDATING_OPTIMIZERS
             transaction = self._transaction(params=not once, inner_state=not once)
-            if self._scalarizer is not None:
-                return scalarized_step(
-                    self._inner, self._scalarizer, closure, evaluate, transaction, self._sync
-                )
-            with transaction:
-                return self._inner.step(evaluate)
+            return closure_step(
+                self._inner, evaluate, transaction, self._scalarizer, closure, self._sync
+            )
         if losses is None:
             with self._transaction():
                 check_finite_grads(self.param_groups, False)
@@ -410,13 +408,7 @@ class JacobianOptimizer(SharedAttributes, Optimizer):
             self,
             lambda: {
                 **self._inner.state_dict(),
-                "jdoptim": jdoptim_state(
-                    self._aggregator,
-                    self._weighting,
-                    self.param_groups,
-                    self._sync,
-                    self._scalarizer,
-                ),
+                "jdoptim": jdoptim_state(self._modules(), self.param_groups, self._sync),
             },
         )
 
@@ -432,14 +424,7 @@ class JacobianOptimizer(SharedAttributes, Optimizer):
             with self._transaction(inner_state=True):
                 self._inner.load_state_dict(state_dict)
                 if extra is not None:
-                    load_jdoptim_state(
-                        extra,
-                        self._aggregator,
-                        self._weighting,
-                        self.param_groups,
-                        self._sync,
-                        self._scalarizer,
-                    )
+                    load_jdoptim_state(extra, self._modules(), self.param_groups, self._sync)
 
         load_with_hooks(self, state_dict, load)
 
@@ -502,6 +487,9 @@ class JacobianOptimizer(SharedAttributes, Optimizer):
             self.record_gramians,
         )
 
+    def _modules(self) -> ModeModules:
+        return ModeModules(self._aggregator, self._weighting, self._scalarizer)
+
     def _gramian_weighting(self) -> Weighting | GeneralizedWeighting:
         if self._weighting is not None:
             return self._weighting
@@ -512,9 +500,7 @@ class JacobianOptimizer(SharedAttributes, Optimizer):
     def _transaction(self, *, params: bool = False, inner_state: bool = False) -> Transaction:
         return Transaction(
             self._inner,
-            stateful_modules(
-                self._aggregator, self._weighting, self.param_groups, self._scalarizer
-            ),
+            stateful_modules(self._modules(), self.param_groups),
             self._sync.shared_random,
             params=params,
             inner_state=inner_state,

@@ -1,4 +1,4 @@
-"""A step of scalarizer mode with a closure.
+"""A step with a closure, and what scalarizer mode adds to it.
 
 Stateful scalarizers observe only the first evaluation of a step (LBFGS evaluates several times):
 DWA accumulates once per step and FAMO remembers the losses at the start of the step. After a
@@ -55,21 +55,25 @@ def _state_without_parameters(module: nn.Module) -> dict[str, Any]:
     }
 
 
-def scalarized_step(
+def closure_step(
     inner: Optimizer,
-    scalarizer: nn.Module,
-    closure: Callable[[], Any],
     evaluate: Callable[[], Any],
     transaction: AbstractContextManager[Any],
+    scalarizer: nn.Module | None,
+    closure: Callable[[], Any],
     sync: Sync,
 ) -> Any:
-    """``inner.step(evaluate)`` in ``transaction``, then, for a scalarizer with ``update``, the
-    losses of ``closure`` evaluated again and given to it.
+    """``inner.step(evaluate)`` in ``transaction``; in scalarizer mode, the scalarizer's state as
+    the first evaluation left it, then, for a scalarizer with ``update``, the losses of
+    ``closure`` evaluated again and given to it.
 
     The update runs after a successful step, outside the transaction: if the re-evaluation or
     the update raises, the step stays applied (undoing it would need a copy of every parameter
     and of the optimizer's state at every step) and the scalarizer keeps its state.
     """
+    if scalarizer is None:
+        with transaction:
+            return inner.step(evaluate)
     first = FirstEvaluation(evaluate, scalarizer)
     with transaction:
         result = inner.step(first)
