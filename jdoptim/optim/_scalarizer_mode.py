@@ -17,6 +17,7 @@ import torch
 from torch import Tensor, nn
 from torch.optim import LBFGS, Optimizer
 
+from ..autojac._checks import as_tensors
 from ..autojac._matrix import split_update
 from ..scalarization import Scalarizer
 from ._distributed import Sync
@@ -166,8 +167,6 @@ def _check_value(value: Any, scalarizer: nn.Module) -> None:
 
 def reduced_values(losses: Any, sync: Sync) -> Tensor:
     """The detached losses as one tensor, averaged over the ranks (what the scalarizer saw)."""
-    from ..autojac._checks import as_tensors
-
     values = stack_losses(as_tensors(losses, "losses")).detach()
     if sync.active:
         values = values.clone()

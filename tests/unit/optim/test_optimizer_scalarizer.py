@@ -367,6 +367,48 @@ def test_famo_with_a_closure_equals_the_hand_written_loop() -> None:
     assert not torch.equal(famo.logits, torch.zeros(3))
 
 
+def test_scalarizers_without_update_evaluate_the_closure_once() -> None:
+    model = make_model()
+    uw = UW(3)
+    opt = JacobianOptimizer(torch.optim.SGD(model.parameters(), lr=0.1), scalarizer=uw)
+    calls = []
+
+    def closure() -> Tensor:
+        opt.zero_grad()
+        calls.append(1)
+        return task_losses(model, 0)
+
+    returned = opt.step(closure)
+    assert len(calls) == 1
+    expected = UW(3)(task_losses(make_model(), 0)).detach()  # before the step, log_var = 0
+    torch.testing.assert_close(returned, expected)
+    assert uw.log_var.grad is not None  # the closure's losses were back-propagated
+
+
+class BadScalarizer(Scalarizer):
+    def __init__(self, kind: str) -> None:
+        super().__init__()
+        self.kind = kind
+
+    def forward(self, values: Tensor, /) -> Tensor:
+        if self.kind == "vector":
+            return values * 2
+        return values.detach().sum()
+
+
+@pytest.mark.parametrize(
+    ("kind", "match"), [("vector", "must return a 0-d tensor"), ("detached", "differentiable")]
+)
+def test_a_scalarizer_returning_a_bad_value_is_refused(kind: str, match: str) -> None:
+    model = make_model()
+    opt = JacobianOptimizer(
+        torch.optim.SGD(model.parameters(), lr=0.1), scalarizer=BadScalarizer(kind)
+    )
+    with pytest.raises(ValueError, match=match):
+        opt.step(task_losses(model, 0))
+    assert all(p.grad is None for p in model.parameters())
+
+
 def test_famo_closure_returning_none_is_refused_after_the_step() -> None:
     model = make_model()
     famo = FAMO(3)
