@@ -17,7 +17,12 @@ from torch.optim import Optimizer
 from ..aggregation import Aggregator, GeneralizedWeighting, Weighting
 from ..autojac._jac_fields import clear_jacs
 from ..scalarization import Scalarizer
-from ._accumulation import check_nothing_pending, check_rows, plan_accumulated
+from ._accumulation import (
+    check_aggregate_available,
+    check_nothing_pending,
+    check_rows,
+    plan_accumulated,
+)
 from ._checks import (
     as_losses,
     check_arguments,
@@ -114,10 +119,8 @@ class JacobianOptimizer(SharedAttributes, Optimizer):
             groups may carry an ``"aggregator"`` key.
         aggregator: the aggregator of the groups without an ``"aggregator"`` key; ``None``
             means :class:`~jdoptim.aggregation.UPGrad` (none in scalarizer mode).
-        scalarizer: a :class:`jdoptim.scalarization.Scalarizer`; selects scalarizer mode, which
-            excludes ``aggregator``, ``weighting``, ``engine``, ``parallel_chunk_size`` and
-            ``"aggregator"`` keys. Its learned parameters missing from ``optimizer`` are added
-            to it as one new last group.
+        scalarizer: a :class:`jdoptim.scalarization.Scalarizer`; selects scalarizer mode
+            (exclusive); its learned parameters missing from ``optimizer`` join it as a group.
         weighting: Gramian mode only: the weighting applied to the Gramian; default
             ``aggregator.gramian_weighting``.
         engine: an :class:`jdoptim.autogram.Engine` over the model; selects Gramian mode.
@@ -197,9 +200,8 @@ class JacobianOptimizer(SharedAttributes, Optimizer):
         """The weights used by the last aggregation, one entry per parameter group.
 
         ``None`` for a group whose aggregator is not weighted or that got no Jacobian; in
-        Gramian mode every group holds the same weights, of the shape of the losses, and in
-        scalarizer mode the gradient of the scalarized loss with respect to the losses (e.g.
-        :math:`\tfrac12 e^{-s_i}` for UW).
+        Gramian and scalarizer modes every group holds the same weights, of the shape of the
+        losses (in scalarizer mode, the gradient of the scalarized loss with respect to them).
         """
         return self._runtime.last_weights
 
@@ -248,10 +250,9 @@ class JacobianOptimizer(SharedAttributes, Optimizer):
           :meth:`backward` (with ``backward_kwargs``) and their detached sum is returned to the
           wrapped optimizer; when it returns ``None`` (or values not requiring grad), the
           gradients it left are used as they are. As in torch, the closure should call
-          :meth:`zero_grad`. In scalarizer mode the scalarized loss is returned instead, the
-          scalarizer's state observes the first evaluation only, and a scalarizer with
-          ``update`` (FAMO) gets the closure's losses evaluated again after the step, under
-          :func:`torch.no_grad`; if that raises, the step stays applied.
+          :meth:`zero_grad`. Scalarizer mode returns the scalarized loss, and after the step
+          gives FAMO (a scalarizer with ``update``) the closure's losses under
+          :func:`torch.no_grad` (if that raises, the step stays applied).
 
         If anything raises, parameters, ``.grad``, the wrapped optimizer's state and the
         aggregators' state are as before the call.
@@ -311,10 +312,8 @@ class JacobianOptimizer(SharedAttributes, Optimizer):
                 accumulation; see :doc:`/examples/gradient_accumulation`): call
                 :meth:`aggregate` once after the last micro-batch. Not in Gramian mode.
 
-        In scalarizer mode, ``scalarizer(losses)`` is back-propagated instead, as one ordinary
-        backward pass that also reaches the scalarizer's learned parameters (``features``,
-        ``grad_tensors`` and ``aggregate=False`` are refused). The losses are stacked (or
-        flattened and concatenated when their shapes differ) into one tensor.
+        Scalarizer mode back-propagates ``scalarizer(losses)`` instead (the losses stacked, or
+        concatenated when their shapes differ), reaching its learned parameters too.
 
         The weights are then in :attr:`last_weights`. Nothing is written if it raises; a
         non-finite Jacobian writes NaN gradients (a GradScaler then skips the step). Two calls
@@ -357,12 +356,7 @@ class JacobianOptimizer(SharedAttributes, Optimizer):
             >>> weight.grad
             tensor([0.7500, 0.7500])
         """
-        if self._engine is not None or self._scalarizer is not None:
-            mode = "Gramian mode (with `engine`)" if self._scalarizer is None else "scalarizer mode"
-            raise ValueError(
-                f"`aggregate` is not available in {mode}: gradient accumulation of Jacobians "
-                "needs Jacobian mode."
-            )
+        check_aggregate_available(self._engine is not None, self._scalarizer is not None)
         with self._transaction():
             plan = plan_accumulated(self._context())
             write(plan)
@@ -461,9 +455,7 @@ class JacobianOptimizer(SharedAttributes, Optimizer):
         check_devices(loss_list, context.params)
         if self._scalarizer is not None:
             check_scalarizer_arguments(features, grad_tensors, aggregate)
-            return plan_scalarized(
-                self._scalarizer, context.groups, loss_list, retain_graph, self._sync
-            )
+            return plan_scalarized(self._scalarizer, context, loss_list, retain_graph)
         if self._engine is not None:
             check_gramian_arguments(features, grad_tensors, aggregate)
             return plan_gramian(

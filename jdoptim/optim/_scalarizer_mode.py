@@ -20,6 +20,7 @@ from torch.optim import LBFGS, Optimizer
 from ..autojac._checks import as_tensors
 from ..autojac._matrix import split_update
 from ..scalarization import Scalarizer
+from ._context import Context
 from ._distributed import Sync
 from ._gramian_mode import stack_losses
 from ._jacobian_mode import NO_PARAMETER
@@ -73,13 +74,10 @@ def check_scalarizer_arguments(features: Any, grad_tensors: Any, aggregate: bool
 
 
 def plan_scalarized(
-    scalarizer: Scalarizer,
-    groups: list[list[Tensor]],
-    losses: list[Tensor],
-    retain_graph: bool,
-    sync: Sync,
+    scalarizer: Scalarizer, context: Context, losses: list[Tensor], retain_graph: bool
 ) -> Plan:
     """The plan of ``scalarizer(losses).backward()`` over the optimizer's parameters."""
+    groups, sync = context.groups, context.sync
     values = stack_losses(losses)
     leaf = values.detach()
     if sync.active:
