@@ -79,6 +79,7 @@ def plan_scalarized(
     """The plan of ``scalarizer(losses).backward()`` over the optimizer's parameters."""
     groups, sync = context.groups, context.sync
     values = stack_losses(losses)
+    _check_device(scalarizer, values.device)
     leaf = values.detach()
     if sync.active:
         leaf = leaf.clone()
@@ -150,6 +151,16 @@ def _weighted_backward(
                 param.grad = grad if param.grad is None else grad + param.grad
 
     return backward
+
+
+def _check_device(scalarizer: nn.Module, device: torch.device) -> None:
+    """Refuses a scalarizer whose parameters or buffers are not on the losses' device."""
+    for name, tensor in [*scalarizer.named_parameters(), *scalarizer.named_buffers()]:
+        if tensor.device != device:
+            raise ValueError(
+                f"`scalarizer` must be on the device of the losses ({device}), but its `{name}` "
+                f"is on {tensor.device}: move it with `scalarizer.to({str(device)!r})`."
+            )
 
 
 def _check_value(value: Any, scalarizer: nn.Module) -> None:

@@ -385,6 +385,17 @@ def test_scalarizers_without_update_evaluate_the_closure_once() -> None:
     assert uw.log_var.grad is not None  # the closure's losses were back-propagated
 
 
+def test_a_scalarizer_on_another_device_is_refused() -> None:
+    model = make_model()
+    famo = FAMO(3).to("meta")
+    opt = JacobianOptimizer(torch.optim.SGD(model.parameters(), lr=0.1), scalarizer=famo)
+    with pytest.raises(
+        ValueError, match=r"`scalarizer` must be on the device of the losses \(cpu\)"
+    ):
+        opt.step(task_losses(model, 0))
+    assert all(p.grad is None for p in model.parameters())
+
+
 class BadScalarizer(Scalarizer):
     def __init__(self, kind: str) -> None:
         super().__init__()
