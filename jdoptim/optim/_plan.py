@@ -32,6 +32,7 @@ class Plan:
             :func:`write` after the pairs.
         losses: the ``[m]`` loss values of the Jacobian's rows (detached), kept for a gradient
             accumulation whose aggregator reads them.
+        value: the scalarized loss, detached (scalarizer mode), or ``None``.
     """
 
     grads: list[tuple[Tensor, Tensor]] = field(default_factory=list)
@@ -42,6 +43,7 @@ class Plan:
     known_finite: bool = False
     backward: Callable[[], None] | None = None
     losses: Tensor | None = None
+    value: Tensor | None = None
 
 
 def write(plan: Plan) -> None:
