@@ -9,7 +9,7 @@ The work of each mode is in its own module (``_jacobian_mode``, ``_multi_task_mo
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Any, cast
+from typing import Any
 
 from torch import Tensor
 from torch.optim import Optimizer
@@ -36,10 +36,15 @@ from ._context import Context, build_context
 from ._diagnostics import GroupDiagnostics, diagnose
 from ._distributed import Sync
 from ._errors import check_finite_grads
-from ._gramian_mode import GramianEngine, check_gramian_arguments, plan_gramian
+from ._gramian_mode import (
+    GramianEngine,
+    check_gramian_arguments,
+    gramian_weighting_of,
+    plan_gramian,
+)
 from ._jacobian_mode import plan_jacobian
 from ._multi_task_mode import plan_multi_task
-from ._plan import Plan, write
+from ._plan import Plan, Records, write
 from ._scalarizer_mode import add_learned_parameters, check_scalarizer_arguments, plan_scalarized
 from ._scalarizer_step import closure_step
 from ._state import (
@@ -59,37 +64,6 @@ from ._torch_optimizer import (
 from ._transaction import Transaction
 
 Losses = Tensor | Sequence[Tensor]
-
-
-class _Runtime:
-    """Mutable per-step records, kept in one object so that every view of the optimizer shares
-    them (PyTorch Lightning wraps optimizers in objects that read, but do not write, our
-    attributes)."""
-
-    def __init__(self) -> None:
-        self.last_weights: tuple[Tensor | None, ...] = ()
-        self.gramians: tuple[Tensor | None, ...] = ()
-        # The scalarized loss of the last backward (scalarizer mode).
-        self.value: Tensor | None = None
-        # Whether everything the last backward wrote into .grad is known to be finite.
-        self.wrote_finite = False
-        # Whether Jacobians accumulated by backward(aggregate=False) await aggregate(), and the
-        # sum of their loss values (for aggregators that read them).
-        self.pending = False
-        self.pending_losses: Tensor | None = None
-
-    def record(self, plan: Plan) -> None:
-        if plan.weights or plan.gramians:
-            self.last_weights, self.gramians = plan.weights, plan.gramians
-        self.value = plan.value
-        self.wrote_finite = plan.known_finite and not plan.jacs
-        if plan.jacs:
-            self.pending = True
-            previous, new = self.pending_losses, plan.losses
-            self.pending_losses = new if previous is None or new is None else previous + new
-
-    def clear_pending(self) -> None:
-        self.pending, self.pending_losses = False, None
 
 
 _PICKLED = (
@@ -184,7 +158,7 @@ class JacobianOptimizer(SharedAttributes, Optimizer):
         self._engine = engine
         self._parallel_chunk_size = parallel_chunk_size
         self._sync = Sync(process_group)
-        self._runtime = _Runtime()
+        self._runtime = Records()
         self.record_gramians = False
         if scalarizer is not None:
             add_learned_parameters(optimizer, scalarizer)
@@ -213,8 +187,6 @@ class JacobianOptimizer(SharedAttributes, Optimizer):
         losses (in scalarizer mode, the gradient of the scalarized loss with respect to them).
         """
         return self._runtime.last_weights
-
-    # -- public API ------------------------------------------------------------------------------
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
         """Adds a parameter group to the wrapped optimizer.
@@ -435,7 +407,7 @@ class JacobianOptimizer(SharedAttributes, Optimizer):
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update({"_scalarizer": None, **state})
-        self._runtime = _Runtime()
+        self._runtime = Records()
         self._setup()
 
     def __repr__(self) -> str:
@@ -443,11 +415,9 @@ class JacobianOptimizer(SharedAttributes, Optimizer):
         mode = "aggregator" if self._scalarizer is None else "scalarizer"
         parts = [inner, f"{mode}={getattr(self, f'_{mode}')!r}"]
         if self._engine is not None:
-            parts.append(f"weighting={self._gramian_weighting()!r}")
+            parts.append(f"weighting={gramian_weighting_of(self._aggregator, self._weighting)!r}")
             parts.append(f"engine={self._engine!r}")
         return "JacobianOptimizer(\n    " + ",\n    ".join(parts) + "\n)"
-
-    # -- dispatch ---------------------------------------------------------------------------------
 
     def _plan(
         self,
@@ -466,7 +436,11 @@ class JacobianOptimizer(SharedAttributes, Optimizer):
         if self._engine is not None:
             check_gramian_arguments(features, grad_tensors, aggregate)
             return plan_gramian(
-                self._engine, self._gramian_weighting(), context.groups, loss_list, retain_graph
+                self._engine,
+                gramian_weighting_of(self._aggregator, self._weighting),
+                context.groups,
+                loss_list,
+                retain_graph,
             )
         if features is None:
             plan = plan_jacobian(context, loss_list, grad_tensors, retain_graph, aggregate)
@@ -478,23 +452,11 @@ class JacobianOptimizer(SharedAttributes, Optimizer):
         return plan
 
     def _context(self) -> Context:
-        return build_context(
-            self.param_groups,
-            self._aggregator,
-            self._parallel_chunk_size,
-            self._sync,
-            self.record_gramians,
-        )
+        groups, chunk = self.param_groups, self._parallel_chunk_size
+        return build_context(groups, self._aggregator, chunk, self._sync, self.record_gramians)
 
     def _modules(self) -> ModeModules:
         return ModeModules(self._aggregator, self._weighting, self._scalarizer)
-
-    def _gramian_weighting(self) -> Weighting | GeneralizedWeighting:
-        if self._weighting is not None:
-            return self._weighting
-        return cast(Weighting, getattr(self._aggregator, "gramian_weighting"))  # noqa: B009
-
-    # -- transactions and checks ------------------------------------------------------------------
 
     def _transaction(self, *, params: bool = False, inner_state: bool = False) -> Transaction:
         return Transaction(
