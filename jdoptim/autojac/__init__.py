@@ -8,8 +8,16 @@ The Jacobian with respect to a tensor ``t`` of ``m`` scalar objectives has shape
 
 from ._all_reduce_jac import all_reduce_jac
 from ._backward import backward
+from ._feature_backward import feature_backward
 from ._jac import jac
 from ._jac_to_grad import jac_to_grad
 from ._mtl_backward import mtl_backward
 
-__all__ = ["all_reduce_jac", "backward", "jac", "jac_to_grad", "mtl_backward"]
+__all__ = [
+    "all_reduce_jac",
+    "backward",
+    "feature_backward",
+    "jac",
+    "jac_to_grad",
+    "mtl_backward",
+]

@@ -127,10 +127,35 @@ def compute_multi_task(
     all the heads at once, this is as fast for few tasks and faster for many (the heads of other
     tasks are not traversed).
     """
+    task_grads, jac_features = task_and_feature_gradients(
+        losses, features, grad_tensors, params.tasks
+    )
+    jacobians: list[Tensor] = []
+    if params.shared:
+        jacobians = compute_jacobians(
+            features,
+            params.shared,
+            jac_features,
+            retain_graph,
+            parallel_chunk_size,
+            shared_buffer=shared_buffer,
+        )
+    return MultiTaskJacobians(task_grads, jacobians)
+
+
+def task_and_feature_gradients(
+    losses: Sequence[Tensor],
+    features: Sequence[Tensor],
+    grad_tensors: Sequence[Tensor] | None,
+    tasks: list[list[Tensor]],
+) -> tuple[list[list[Tensor | None]], list[Tensor]]:
+    """One backward pass per task through its head (the graph is kept): each task's gradient with
+    respect to its own parameters (None where unused), and the Jacobian ``[m, *feature.shape]``
+    of the losses with respect to each feature (``grad_tensors[i]`` weighting loss ``i``)."""
     protected = storage_keys(grad_tensors or [])
     task_grads: list[list[Tensor | None]] = []
     feature_grads: list[list[Tensor]] = [[] for _ in features]
-    for i, (loss, own_params) in enumerate(zip(losses, params.tasks, strict=True)):
+    for i, (loss, own_params) in enumerate(zip(losses, tasks, strict=True)):
         grads: Sequence[Tensor | None] = torch.autograd.grad(
             loss,
             [*own_params, *features],
@@ -145,16 +170,22 @@ def compute_multi_task(
             feature_grads, features, grads[len(own_params) :], strict=True
         ):
             grads_of_feature.append(torch.zeros_like(feature) if grad is None else grad)
-    jac_features = [torch.stack(grads) for grads in feature_grads]
-    del feature_grads
-    jacobians: list[Tensor] = []
-    if params.shared:
-        jacobians = compute_jacobians(
-            features,
-            params.shared,
-            jac_features,
-            retain_graph,
-            parallel_chunk_size,
-            shared_buffer=shared_buffer,
-        )
-    return MultiTaskJacobians(task_grads, jacobians)
+    return task_grads, [torch.stack(grads) for grads in feature_grads]
+
+
+def pull_back(
+    features: Sequence[Tensor],
+    shared: Sequence[Tensor],
+    feature_update: Sequence[Tensor],
+    retain_graph: bool,
+) -> list[Tensor]:
+    """The gradient of ``Σ <feature_update_k, features_k>`` with respect to each shared parameter:
+    one ordinary backward pass through the trunk (zeros for unused parameters)."""
+    grads = torch.autograd.grad(
+        list(features),
+        list(shared),
+        grad_outputs=list(feature_update),
+        retain_graph=retain_graph,
+        allow_unused=True,
+    )
+    return [torch.zeros_like(p) if g is None else g for g, p in zip(grads, shared, strict=True)]

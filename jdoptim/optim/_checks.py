@@ -252,3 +252,10 @@ def step_arguments(
     if closure is not None and not callable(closure):
         raise TypeError(f"`closure` must be callable, but got {type(closure).__name__}.")
     return losses, closure
+
+
+def check_flags(**flags: object) -> None:
+    """Checks that each keyword argument is a bool (``TypeError`` naming it)."""
+    for name, value in flags.items():
+        if not isinstance(value, bool):
+            raise TypeError(f"`{name}` must be a bool, but got {value!r}.")

@@ -34,7 +34,7 @@ def plan_multi_task(
     found = resolve_params(losses, feature_list, None, None)
     shared_ids = {id(p) for p in found.shared}
     task_ids = {id(p) for params in found.tasks for p in params}
-    _refuse_keys_on_task_params(context, task_ids)
+    refuse_keys_on_task_params(context, task_ids)
     # With a process group every parameter that is not task-specific gets a place in the buffer
     # (zero where unused), so that all ranks share its layout.
     blocks = context.blocks(None if context.sync.active else shared_ids, exclude=task_ids)
@@ -52,7 +52,7 @@ def plan_multi_task(
         context.parallel_chunk_size,
         shared_buffer=True,
     )
-    task_updates = _sum_per_param(tasks, task_grads)
+    task_updates = sum_per_param(tasks, task_grads)
     values = loss_values(losses, grad_tensors)
     if not aggregate:
         return Plan(
@@ -80,7 +80,7 @@ def plan_multi_task(
         )
 
 
-def _refuse_keys_on_task_params(context: Context, task_ids: set[int]) -> None:
+def refuse_keys_on_task_params(context: Context, task_ids: set[int]) -> None:
     """A group ``"aggregator"`` key would be ignored by task-specific parameters: refused."""
     for i, params in enumerate(context.groups):
         if not context.keyed[i]:
@@ -96,7 +96,7 @@ def _refuse_keys_on_task_params(context: Context, task_ids: set[int]) -> None:
                 )
 
 
-def _sum_per_param(
+def sum_per_param(
     tasks: list[list[Tensor]], task_grads: list[list[Tensor | None]]
 ) -> list[tuple[Tensor, Tensor]]:
     """One gradient per task-specific parameter: the sum over the tasks that use it."""

@@ -28,6 +28,7 @@ from ._checks import (
     check_arguments,
     check_devices,
     check_disjoint,
+    check_flags,
     check_group,
     step_arguments,
 )
@@ -36,6 +37,7 @@ from ._context import Context, build_context
 from ._diagnostics import GroupDiagnostics, diagnose
 from ._distributed import Sync
 from ._errors import check_finite_grads
+from ._feature_mode import check_aggregate_at, plan_feature_level
 from ._gramian_mode import (
     GramianEngine,
     check_gramian_arguments,
@@ -276,6 +278,7 @@ class JacobianOptimizer(SharedAttributes, Optimizer):
         grad_tensors: Tensor | Sequence[Tensor] | None = None,
         retain_graph: bool = False,
         aggregate: bool = True,
+        aggregate_at: str = "parameters",
     ) -> None:
         """Accumulates the aggregated Jacobian of ``losses`` into the parameters' ``.grad``.
 
@@ -292,22 +295,22 @@ class JacobianOptimizer(SharedAttributes, Optimizer):
             aggregate: ``False`` accumulates the Jacobian into ``.jac`` instead (gradient
                 accumulation; see :doc:`/examples/gradient_accumulation`): call
                 :meth:`aggregate` once after the last micro-batch. Not in Gramian mode.
+            aggregate_at: with ``features``, ``"features"`` aggregates the Jacobian with respect
+                to the features and backpropagates it once through the trunk (see
+                :func:`jdoptim.autojac.feature_backward`); ``"parameters"`` is the exact mode.
 
         Scalarizer mode back-propagates ``scalarizer(losses)`` instead (the losses stacked, or
         concatenated when their shapes differ), reaching its learned parameters too.
 
         The weights are then in :attr:`last_weights`. Nothing is written if it raises; a
-        non-finite Jacobian writes NaN gradients (a GradScaler then skips the step). Two calls
-        before one step add :math:`A(J_1) + A(J_2)`, not :math:`A(J_1 + J_2)`.
+        non-finite Jacobian writes NaN gradients (a GradScaler then skips the step).
         """
-        if not isinstance(retain_graph, bool):
-            raise TypeError(f"`retain_graph` must be a bool, but got {retain_graph!r}.")
-        if not isinstance(aggregate, bool):
-            raise TypeError(f"`aggregate` must be a bool, but got {aggregate!r}.")
+        check_flags(retain_graph=retain_graph, aggregate=aggregate)
+        at_features = check_aggregate_at(aggregate_at, features, aggregate, self._sync.active)
         if aggregate:
             check_nothing_pending(self._runtime.pending, "backward")
         with self._transaction():
-            plan = self._plan(losses, features, grad_tensors, retain_graph, aggregate)
+            plan = self._plan(losses, features, grad_tensors, retain_graph, aggregate, at_features)
             write(plan)
         self._runtime.record(plan)
 
@@ -426,6 +429,7 @@ class JacobianOptimizer(SharedAttributes, Optimizer):
         grad_tensors: Tensor | Sequence[Tensor] | None,
         retain_graph: bool,
         aggregate: bool,
+        at_features: bool = False,
     ) -> Plan:
         loss_list = as_losses(losses)
         context = self._context()
@@ -442,6 +446,8 @@ class JacobianOptimizer(SharedAttributes, Optimizer):
                 loss_list,
                 retain_graph,
             )
+        if features is not None and at_features:
+            return plan_feature_level(context, loss_list, features, grad_tensors, retain_graph)
         if features is None:
             plan = plan_jacobian(context, loss_list, grad_tensors, retain_graph, aggregate)
         else:

@@ -117,3 +117,68 @@ def test_every_feature_must_be_used_by_some_loss() -> None:
     used, unused = trunk(x), trunk(x * 2)
     with pytest.raises(ValueError, match="element 1 of shape"):
         autojac.mtl_backward([head1(used).mean()], features=[used, unused])
+
+
+def test_feature_level_mode_equals_feature_backward() -> None:
+    trunk, head1, head2 = make_parts()
+    params = [*trunk.parameters(), *head1.parameters(), *head2.parameters()]
+    x, y = data()
+
+    def losses() -> tuple[Tensor, list[Tensor]]:
+        features = trunk(x).relu()
+        return features, [
+            ((head1(features)[:, 0] - y[:, 0]) ** 2).mean(),
+            (head2(features)[:, 0] - y[:, 1]).abs().mean(),
+        ]
+
+    features, task_losses = losses()
+    expected_weights = autojac.feature_backward(task_losses, features, UPGrad())
+    expected = [p.grad.clone() for p in params]
+    for p in params:
+        p.grad = None
+    opt = JacobianOptimizer(torch.optim.SGD(params, lr=0.1), UPGrad())
+    features, task_losses = losses()
+    opt.backward(task_losses, features=features, aggregate_at="features")
+    for param, grad in zip(params, expected, strict=True):
+        torch.testing.assert_close(param.grad, grad, rtol=0, atol=0)
+    assert expected_weights is not None
+    torch.testing.assert_close(opt.last_weights[0], expected_weights)
+    (diagnostics,) = opt.diagnostics()
+    assert diagnostics is not None and diagnostics.cosine_similarities.shape == (2, 2)
+    features, task_losses = losses()
+    opt.step(task_losses, features=features, aggregate_at="features")  # and through step
+
+
+def test_feature_level_mode_refusals() -> None:
+    trunk, head1, head2 = make_parts()
+    x, _ = data()
+    keyed = JacobianOptimizer(
+        torch.optim.SGD(
+            [
+                {"params": trunk.parameters(), "aggregator": Mean()},
+                {"params": [*head1.parameters(), *head2.parameters()]},
+            ],
+            lr=0.1,
+        )
+    )
+    features = trunk(x)
+    losses = [head1(features).mean(), head2(features).mean()]
+    with pytest.raises(ValueError, match="feature-level mode"):
+        keyed.backward(losses, features=features, aggregate_at="features")
+    opt = JacobianOptimizer(
+        torch.optim.SGD([*trunk.parameters(), *head1.parameters(), *head2.parameters()], lr=0.1)
+    )
+    with pytest.raises(ValueError, match="`aggregate_at` must be"):
+        opt.backward(losses, features=features, aggregate_at="trunk")
+    with pytest.raises(ValueError, match="needs `features`"):
+        opt.backward(losses, aggregate_at="features")
+    with pytest.raises(ValueError, match="cannot accumulate"):
+        opt.backward(losses, features=features, aggregate_at="features", aggregate=False)
+    assert all(p.grad is None for p in trunk.parameters())
+
+
+def test_feature_level_mode_refuses_a_process_group() -> None:
+    from jdoptim.optim._feature_mode import check_aggregate_at
+
+    with pytest.raises(ValueError, match="`process_group`"):
+        check_aggregate_at("features", object(), True, sync=True)
