@@ -39,9 +39,9 @@ class MGDAWeighting(Weighting):
     Example:
         >>> import torch
         >>> from jdoptim.aggregation import MGDAWeighting
-        >>> jacobian = torch.tensor([[-4.0, 1.0, 1.0], [6.0, 1.0, 1.0]])
+        >>> jacobian = torch.tensor([[-1.0, 1.0, 1.0], [3.0, 1.0, 1.0]])
         >>> MGDAWeighting()(jacobian @ jacobian.T)
-        tensor([0.6000, 0.4000])
+        tensor([0.7500, 0.2500])
     """
 
     def __init__(self, epsilon: float = 1e-3, max_iters: int = 100) -> None:
@@ -106,7 +106,7 @@ class MGDA(GramianWeightedAggregator):
     Example:
         >>> import torch
         >>> from jdoptim.aggregation import MGDA
-        >>> MGDA()(torch.tensor([[-4.0, 1.0, 1.0], [6.0, 1.0, 1.0]]))
+        >>> MGDA()(torch.tensor([[-1.0, 1.0, 1.0], [3.0, 1.0, 1.0]]))  # 0.75·g₁ + 0.25·g₂
         tensor([0., 1., 1.])
     """
 
