@@ -48,6 +48,9 @@ class AlignedMTLWeighting(CheckedVectors, Weighting):
         tensor([0.5000, 0.2500])
     """
 
+    # The weights do not depend on the scale of the Gramian.
+    gramian_rescaling = "any"
+
     pref_vector: Tensor | None
     _checked_vectors: ClassVar[dict[str, bool]] = {"pref_vector": True}
 

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from typing import ClassVar
 
 import torch
 from torch import Tensor, nn
 
 from ._non_differentiable import make_non_differentiable
+from ._rescaling import Rescaling, rescaled_gramian
 
 _LOW_PRECISION = (torch.float16, torch.bfloat16)
 
@@ -87,6 +89,15 @@ class Weighting(nn.Module, ABC):
     #: Whether gradients may flow through the weights.
     differentiable: bool = True
 
+    #: Whether the weights stay the same when the Gramian is multiplied by a power of two, which
+    #: lets :class:`GramianWeightedAggregator` form the Gramian of a rescaled Jacobian when
+    #: ``J Jᵀ`` would overflow (or underflow) its dtype: ``"none"`` (the default: ``J Jᵀ`` as
+    #: is), ``"down"`` (same weights for a Gramian scaled down as long as its trace stays
+    #: above ``2^78``, e.g. weights of ``G / tr(G)`` behind a threshold on the trace; used when
+    #: some ``|J_ij| ≥ 2^40``) or ``"any"`` (same weights for every positive multiple; also
+    #: used when every ``|J_ij| < 2^-40``).
+    gramian_rescaling: ClassVar[Rescaling] = "none"
+
     @abstractmethod
     def forward(self, gramian: Tensor, /) -> Tensor:
         """Computes weights ``[m]`` from a validated square ``gramian`` ``[m, m]``."""
@@ -122,6 +133,12 @@ class GramianWeightedAggregator(Aggregator):
     :attr:`weighting`), a module called on every use so that its forward hooks fire; it can be
     reused with :class:`jdoptim.autogram.Engine`.
 
+    The Gramian is ``J Jᵀ``, except when the weighting declares (by its
+    :attr:`~Weighting.gramian_rescaling`) that its weights do not depend on the scale of the
+    Gramian: then a Jacobian with an entry ``≥ 2^40`` (or, with ``"any"``, only entries below
+    ``2^-40``) is first multiplied by a power of two, so that a finite Jacobian gives a finite
+    Gramian with all its digits, and a representable aggregate stays finite.
+
     Args:
         gramian_weighting: the weighting applied to the Gramian ``J Jᵀ``.
 
@@ -148,7 +165,7 @@ class GramianWeightedAggregator(Aggregator):
         return self.gramian_weighting
 
     def forward(self, matrix: Tensor, /) -> Tensor:
-        gramian = matrix @ matrix.T
+        gramian = rescaled_gramian(matrix, self.gramian_weighting.gramian_rescaling)
         weights = self.gramian_weighting(gramian)
         return weights @ matrix
 

@@ -37,6 +37,9 @@ class ConstantWeighting(CheckedVectors, Weighting):
         tensor([1., 2.])
     """
 
+    # The weights do not depend on the scale of the Gramian.
+    gramian_rescaling = "any"
+
     weights: Tensor
     _checked_vectors: ClassVar[dict[str, bool]] = {"weights": False}
 

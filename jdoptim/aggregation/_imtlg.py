@@ -36,6 +36,9 @@ class IMTLGWeighting(Weighting):
         tensor([0.6667, 0.3333])
     """
 
+    # The weights do not depend on the scale of the Gramian.
+    gramian_rescaling = "any"
+
     differentiable = False
 
     def forward(self, gramian: Tensor, /) -> Tensor:

@@ -44,6 +44,9 @@ class MGDAWeighting(Weighting):
         tensor([0.7500, 0.2500])
     """
 
+    # The weights do not depend on the scale of the Gramian.
+    gramian_rescaling = "any"
+
     def __init__(self, epsilon: float = 1e-3, max_iters: int = 100) -> None:
         super().__init__()
         check_non_negative("epsilon", epsilon)

@@ -180,7 +180,10 @@ class NashMTL(Aggregator):
                 f"{list(self.weights.shape)})."
             )
         if int(self.step) % self.update_weights_every == 0:
-            gramian = (matrix @ matrix.T).to(device="cpu", dtype=torch.float64).numpy(force=True)
+            # In float64: J Jᵀ of a float32 J with entries around 1e19 would overflow float32
+            # (and the products of float32 entries are exact in float64).
+            wide = matrix.to(torch.float64)
+            gramian = (wide @ wide.T).to(device="cpu").numpy(force=True)
             if not np.isfinite(gramian).all():
                 # Let the caller (e.g. GradScaler) see the non-finite input; keep the state.
                 return torch.full_like(matrix[0], float("nan"))

@@ -1,9 +1,13 @@
-"""Float32 inputs give the float64 result to float32 accuracy.
+"""Float32 inputs give the float64 result to float32 accuracy, at every scale.
 
 The aggregators that decide a rank (IMTL-G's pseudo-inverse, Aligned-MTL's eigenvalue cut,
 ConFIG's pseudo-inverse) must decide it at the precision of their input: in a float32 Gramian,
 the eigenvalues of the null space are rounding noise of order ``ε(float32)·max(λ)``, which a
 float64 cut-off would keep and invert.
+
+The Gramian-weighted aggregators must give a finite result for a finite Jacobian whose aggregate
+is representable, even when ``J Jᵀ`` itself is not (entries around 1e19 in float32), and the
+result of the unscaled problem, rescaled: ``A(J) = s · A(J / s)``.
 """
 
 from __future__ import annotations
@@ -12,12 +16,24 @@ from collections.abc import Callable
 
 import pytest
 import torch
+from _aggregators import (
+    ALL_CASES,
+    GRAMIAN_WEIGHTED,
+    AggregatorCase,
+    class_name,
+    params,
+)
 from _matrices import seeds
-from hypothesis import assume, given, note
+from hypothesis import assume, given, note, settings
 from hypothesis import strategies as st
 from torch import Tensor
 
-from jdoptim.aggregation import AlignedMTLWeighting, ConFIG, IMTLGWeighting
+from jdoptim.aggregation import (
+    AlignedMTLWeighting,
+    ConFIG,
+    GramianWeightedAggregator,
+    IMTLGWeighting,
+)
 
 #: The smallest ratio λ_r / λ_1 of the non-zero eigenvalues of J Jᵀ kept in the tests: below it,
 #: float32 loses more digits to the conditioning than the tolerance allows.
@@ -93,3 +109,92 @@ def test_imtlg_float32_on_the_reported_rank_2_jacobian() -> None:
     result = IMTLGWeighting()(single @ single.T)
 
     torch.testing.assert_close(result.double(), reference, rtol=0, atol=1e-4)
+
+
+# The weightings whose weights depend on G / tr(G) behind a threshold norm_eps on the trace: a
+# Jacobian so small that tr(G) < norm_eps is treated as zero, by design, so A(J) = s · A(J / s)
+# only holds at scales ≥ 1 with their default norm_eps.
+TRACE_THRESHOLDED = {"UPGrad", "DualProj", "CAGrad"}
+# The weightings whose module does not yet declare its rescaling (``gramian_rescaling``).
+UNDECLARED = {"UPGrad", "DualProj"}
+
+GRAMIAN_CASES = [case for case in ALL_CASES if class_name(case) in GRAMIAN_WEIGHTED]
+ANY_SCALE_CASES = [case for case in GRAMIAN_CASES if class_name(case) not in TRACE_THRESHOLDED]
+LARGE_SCALE_CASES = [case for case in GRAMIAN_CASES if class_name(case) in TRACE_THRESHOLDED]
+
+#: float32 scales, powers of two so that J / s is exact: from Jacobians whose Gramian is all
+#: subnormal (< 2^-126 ≈ 1e-38) or zero, to Jacobians whose Gramian overflows (> 2^128 ≈ 3.4e38)
+#: while the aggregate is still representable.
+SMALL_SCALES = [2.0**-100, 2.0**-66, 2.0**-50]  # 7.9e-31, 1.4e-20, 8.9e-16
+LARGE_SCALES = [1.0, 2.0**33, 2.0**63, 2.0**83, 2.0**120]  # 1, 8.6e9, 9.2e18, 9.7e24, 1.3e36
+
+
+def _scale_invariance(case: AggregatorCase, seed: int, m: int, n: int, scale: float) -> None:
+    generator = torch.Generator().manual_seed(seed)
+    unscaled = torch.randn(m, n, generator=generator)
+    aggregator = case(m)
+    assert isinstance(aggregator, GramianWeightedAggregator)
+
+    torch.manual_seed(0)  # Random and PCGrad draw from torch's RNG
+    output = aggregator(unscaled * scale)
+    torch.manual_seed(0)
+    reference = aggregator(unscaled).double() * scale
+
+    note(f"output: {output.tolist()}\nreference: {reference.tolist()}")
+    assert bool(torch.isfinite(output).all())
+    # Relative to the rows, or to the output when ill-conditioned weights make it larger.
+    tolerance = 1e-5 * max(scale * float(unscaled.norm(dim=1).max()), float(reference.abs().max()))
+    assert bool(((output.double() - reference).abs() <= tolerance).all())
+
+
+@pytest.mark.parametrize("scale", SMALL_SCALES + LARGE_SCALES)
+@pytest.mark.parametrize("case", params([case for case in ANY_SCALE_CASES if not case.slow]))
+@settings(max_examples=8)
+@given(seed=seeds, m=st.integers(3, 6), n=st.integers(1, 8))
+def test_scale_invariant_aggregators_are_finite_and_exact_at_every_scale(
+    case: AggregatorCase, scale: float, seed: int, m: int, n: int
+) -> None:
+    _scale_invariance(case, seed, m, n, scale)
+
+
+def _large_scale_params() -> list[object]:
+    result = []
+    for case in LARGE_SCALE_CASES:
+        for scale in LARGE_SCALES:
+            marks = []
+            if class_name(case) in UNDECLARED and scale > 2.0**62:
+                marks.append(
+                    pytest.mark.xfail(
+                        strict=True,
+                        reason="J Jᵀ overflows until its weighting declares "
+                        "gramian_rescaling = 'down'",
+                    )
+                )
+            result.append(pytest.param(case, scale, id=f"{case.name}-{scale:.2g}", marks=marks))
+    return result
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")
+@pytest.mark.parametrize(("case", "scale"), _large_scale_params())
+@settings(max_examples=8)
+@given(seed=seeds, m=st.integers(3, 6), n=st.integers(1, 8))
+def test_trace_thresholded_aggregators_are_finite_and_exact_at_large_scales(
+    case: AggregatorCase, scale: float, seed: int, m: int, n: int
+) -> None:
+    _scale_invariance(case, seed, m, n, scale)
+
+
+@pytest.mark.parametrize("scale", [2.0**-1000, 2.0**-530, 2.0**530, 2.0**1000])
+@pytest.mark.parametrize("case", params([case for case in ANY_SCALE_CASES if not case.slow]))
+def test_float64_jacobians_beyond_the_square_root_of_the_range(
+    case: AggregatorCase, scale: float
+) -> None:
+    unscaled = torch.randn(4, 5, dtype=torch.float64)
+    aggregator = case(4)
+
+    torch.manual_seed(0)
+    output = aggregator(unscaled * scale)
+    torch.manual_seed(0)
+    reference = aggregator(unscaled) * scale
+
+    torch.testing.assert_close(output, reference, rtol=1e-9, atol=1e-9 * scale)
