@@ -7,7 +7,7 @@ from torch import Tensor, nn
 
 from ._autocast import accumulation_dtype, without_autocast
 from ._backward_pass import accumulate_gramian
-from ._batch_checks import check_batch_independence
+from ._batch_checks import check_batch_independence, check_losses_are_per_sample
 from ._convolution import is_plain_convolution_module
 from ._graph import EngineParameter, find_used_parameters
 from ._layout import to_generalized_gramian
@@ -64,6 +64,13 @@ class Engine:
     whose first dimension is not the batch size raise a :class:`ValueError` at
     :meth:`compute_gramian`. Modules outside the engine that mix the samples (e.g. a batch norm
     between two layers of a partial engine) cannot be detected: use ``batch_dim=None`` then.
+    The losses themselves must be per-sample losses: shapes alone cannot tell a vector of
+    ``B`` per-sample losses from ``B`` task losses that each average the batch of ``B``
+    samples, so :meth:`compute_gramian` differentiates the losses at index 0 along
+    ``batch_dim`` down to the outputs of the last layer called, and raises a
+    :class:`ValueError` when they depend on another sample (task losses take
+    ``batch_dim=None``). This costs one backward pass through the computation of the losses
+    from that layer's outputs.
     With ``batch_dim=None`` no assumption is made and every module works, at the cost of one
     backward pass per loss.
 
@@ -188,6 +195,10 @@ class Engine:
             _check_call(call, samples if batch_dim is not None else None, self.batch_dim)
         if not relevant:
             return to_generalized_gramian(gramian, shape, batch_dim)
+        if batch_dim is not None:
+            # The outputs of the last layer called: the cheapest to differentiate the losses to.
+            last = [edge for edge in relevant[-1].output_edges if edge is not None]
+            check_losses_are_per_sample(output, batch_dim, last, samples)
         groups = _groups_sharing_parameters(relevant, used)
         grad_outputs = _row_selectors(output, batch_dim, rows)
         self._recorder.enabled = False  # Replays call the modules: they must not be recorded.
