@@ -29,8 +29,9 @@ def rescaled_gramian(matrix: Tensor, rescaling: Rescaling) -> Tensor:
     """The Gramian ``(sJ)(sJ)ᵀ`` of ``matrix`` ``J``, with ``s`` a power of two chosen from the
     largest ``|J_ij|`` as above (``s = 1`` in between, and for ``"none"``).
 
-    The factor is found on the device, without a host synchronisation; a non-finite ``J``
-    gives ``s = 1`` (so a non-finite Gramian) and an all-zero ``J`` gives ``s = 1``.
+    On accelerators the factor is found on the device, without a host synchronisation (``J``
+    is multiplied even by ``s = 1``); on the CPU, ``s = 1`` skips the multiplication. A
+    non-finite ``J`` gives ``s = 1`` (so a non-finite Gramian), and so does an all-zero ``J``.
     """
     if rescaling == "none" or matrix.numel() == 0:
         return matrix @ matrix.T
@@ -41,6 +42,9 @@ def rescaled_gramian(matrix: Tensor, rescaling: Rescaling) -> Tensor:
     # 2^shift must be representable: only a subnormal float64 input could ask for more.
     max_shift = math.frexp(torch.finfo(matrix.dtype).max)[1] - 1
     shift = shift.clamp(min=-max_shift, max=max_shift)
+    if matrix.device.type == "cpu" and int(shift) == 0:
+        # Reading the shift costs nothing on the CPU: skip the copy when there is nothing to do.
+        return matrix @ matrix.T
     scale = torch.ldexp(torch.ones((), dtype=matrix.dtype, device=matrix.device), shift)
     scaled = matrix * scale
     return scaled @ scaled.T
