@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from typing import cast
+from typing import ClassVar, cast
 
 import torch
 from torch import Tensor
 
 from ._bases import GramianWeightedAggregator, Weighting
-from ._checks import check_pref_vector, pref_repr, resolve_pref_vector
+from ._checks import CheckedVectors, check_pref_vector, pref_repr, resolve_pref_vector
 
 _SCALE_MODES = ("min", "median", "rmse")
 
@@ -22,7 +22,7 @@ def _check_scale_mode(scale_mode: str) -> None:
         )
 
 
-class AlignedMTLWeighting(Weighting):
+class AlignedMTLWeighting(CheckedVectors, Weighting):
     r"""Weights of Aligned-MTL: :math:`w = B p` with
     :math:`B = \sqrt{s}\, V_k \Lambda_k^{-1/2} V_k^\top`.
 
@@ -38,7 +38,7 @@ class AlignedMTLWeighting(Weighting):
     (Senushkin et al., CVPR 2023).
 
     Args:
-        pref_vector: ``[m]`` preference vector ``p``; ``None`` means uniform ``1/m``.
+        pref_vector: ``[m]`` preference vector ``p`` (finite); ``None`` means uniform ``1/m``.
         scale_mode: ``"min"``, ``"median"`` or ``"rmse"``.
 
     Example:
@@ -48,7 +48,11 @@ class AlignedMTLWeighting(Weighting):
         tensor([0.5000, 0.2500])
     """
 
+    # The weights do not depend on the scale of the Gramian.
+    gramian_rescaling = "any"
+
     pref_vector: Tensor | None
+    _checked_vectors: ClassVar[dict[str, bool]] = {"pref_vector": True}
 
     def __init__(self, pref_vector: Tensor | None = None, scale_mode: str = "min") -> None:
         super().__init__()
@@ -118,7 +122,7 @@ class AlignedMTL(GramianWeightedAggregator):
     <https://arxiv.org/abs/2305.19000>`_ (Senushkin et al., CVPR 2023).
 
     Args:
-        pref_vector: ``[m]`` preference vector; ``None`` means uniform ``1/m``.
+        pref_vector: ``[m]`` preference vector (finite values); ``None`` means uniform ``1/m``.
         scale_mode: ``"min"``, ``"median"`` or ``"rmse"``, the statistic of the kept
             eigenvalues of ``J Jᵀ`` used as the common squared magnitude.
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from abc import ABC, abstractmethod
-from typing import Any, NamedTuple
+from typing import Any, ClassVar, NamedTuple
 
 import torch
 from torch import Tensor, nn
@@ -12,6 +12,7 @@ from torch import Tensor, nn
 from .._describe import describe
 from .._generalized_gramian import to_square
 from ._non_differentiable import make_non_differentiable
+from ._rescaling import Rescaling, rescaled_gramian
 
 _LOW_PRECISION = (torch.float16, torch.bfloat16)
 
@@ -177,6 +178,15 @@ class Weighting(nn.Module, ABC):
     #: ``weighting(stat, losses=losses)`` with the ``[m]`` losses of the current step.
     requires_losses: bool = False
 
+    #: Whether the weights stay the same when the Gramian is multiplied by a power of two, which
+    #: lets :class:`GramianWeightedAggregator` form the Gramian of a rescaled Jacobian when
+    #: ``J Jᵀ`` would overflow (or underflow) its dtype: ``"none"`` (the default: ``J Jᵀ`` as
+    #: is), ``"down"`` (same weights for a Gramian scaled down as long as its trace stays
+    #: above ``2^78``, e.g. weights of ``G / tr(G)`` behind a threshold on the trace; used when
+    #: some ``|J_ij| ≥ 2^40``) or ``"any"`` (same weights for every positive multiple; also
+    #: used when every ``|J_ij| < 2^-40``).
+    gramian_rescaling: ClassVar[Rescaling] = "none"
+
     @abstractmethod
     def forward(self, gramian: Tensor, /) -> Tensor:
         """Computes weights ``[m]`` from a validated square ``gramian`` ``[m, m]``."""
@@ -230,6 +240,12 @@ class GramianWeightedAggregator(Aggregator):
     :attr:`weighting`), a module called on every use so that its forward hooks fire; it can be
     reused with :class:`jdoptim.autogram.Engine`.
 
+    The Gramian is ``J Jᵀ``, except when the weighting declares (by its
+    :attr:`~Weighting.gramian_rescaling`) that its weights do not depend on the scale of the
+    Gramian: then a Jacobian with an entry ``≥ 2^40`` (or, with ``"any"``, only entries below
+    ``2^-40``) is first multiplied by a power of two, so that a finite Jacobian gives a finite
+    Gramian with all its digits, and a representable aggregate stays finite.
+
     Args:
         gramian_weighting: the weighting applied to the Gramian ``J Jᵀ``.
 
@@ -276,7 +292,8 @@ class GramianWeightedAggregator(Aggregator):
         """``weights @ matrix``; ``weights`` (given by :meth:`aggregate`) default to
         ``gramian_weighting(matrix @ matrix.T)`` (with ``losses`` when it reads them)."""
         if weights is None:
-            weights = self._weigh(matrix @ matrix.T, losses)
+            gramian = rescaled_gramian(matrix, self.gramian_weighting.gramian_rescaling)
+            weights = self._weigh(gramian, losses)
         return weights @ matrix
 
     def _weigh(self, gramian: Tensor, losses: Tensor | None) -> Tensor:
@@ -309,7 +326,7 @@ class GramianWeightedAggregator(Aggregator):
         work = matrix.to(_compute_dtype(matrix.dtype))
         if self.requires_losses:
             losses = check_losses(losses, matrix.shape[0], type(self).__name__, work)
-        gramian = work @ work.T
+        gramian = rescaled_gramian(work, self.gramian_weighting.gramian_rescaling)
         if not bool(torch.isfinite(gramian).all()):
             return Aggregation(torch.full_like(matrix[0], math.nan), None, gramian.detach())
         weights = self._weigh(gramian, losses)

@@ -95,6 +95,9 @@ class CAGradWeighting(Weighting):
         tensor([0.7041, 0.5000])
     """
 
+    # The weights depend on G / tr(G) only, once tr(G) ≥ norm_eps.
+    gramian_rescaling = "down"
+
     differentiable = False
 
     def __init__(self, c: float, norm_eps: float = 1e-4) -> None:

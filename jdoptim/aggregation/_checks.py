@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any, ClassVar
+
 import torch
 from torch import Tensor
 
@@ -14,18 +16,51 @@ def check_non_negative(name: str, value: float) -> None:
         raise ValueError(f"`{name}` must be a finite number >= 0, but got {value!r}.")
 
 
+def check_vector(name: str, vector: Tensor) -> None:
+    """Checks a per-row vector (``pref_vector``, ``weights``, ``leak``): a 1-D tensor of finite
+    values.
+
+    A NaN or an infinity would only show at the first aggregation, as an all-zero update
+    (ConFIG) or as a non-finite one blamed on the gradients: it is refused here, when the
+    vector is given, with a ``ValueError`` naming it.
+    """
+    if not isinstance(vector, Tensor):
+        raise TypeError(f"`{name}` must be a torch.Tensor, but got {type(vector).__name__}.")
+    if vector.dim() != 1:
+        raise ValueError(f"`{name}` must be a 1-D tensor, but got shape {list(vector.shape)}.")
+    if not bool(torch.isfinite(vector).all()):
+        raise ValueError(f"`{name}` must contain only finite values, but got {vector!r}.")
+
+
 def check_pref_vector(pref_vector: Tensor | None) -> None:
-    """Checks at construction that a preference vector is a 1-D floating tensor (or None)."""
+    """Checks a preference vector (or None): a 1-D tensor of finite values."""
     if pref_vector is None:
         return
     if not isinstance(pref_vector, Tensor):
         raise TypeError(
             f"`pref_vector` must be a torch.Tensor or None, but got {type(pref_vector).__name__}."
         )
-    if pref_vector.dim() != 1:
-        raise ValueError(
-            f"`pref_vector` must be a 1-D tensor, but got shape {list(pref_vector.shape)}."
-        )
+    check_vector("pref_vector", pref_vector)
+
+
+class CheckedVectors:
+    """Mixin for the modules whose per-row vectors are settable buffers: assigning one (e.g.
+    ``aggregator.pref_vector = torch.tensor([1.0, nan])``) goes through :func:`check_vector`
+    too, so that a bad vector is refused where it is set, not at the next aggregation.
+
+    ``_checked_vectors`` maps each such attribute to whether it may be ``None``.
+    """
+
+    _checked_vectors: ClassVar[dict[str, bool]] = {}
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name in self._checked_vectors:
+            if value is None:
+                if not self._checked_vectors[name]:
+                    raise TypeError(f"`{name}` must be a torch.Tensor, but got NoneType.")
+            else:
+                check_vector(name, value)
+        super().__setattr__(name, value)
 
 
 def resolve_per_row(vector: Tensor | None, name: str, matrix: Tensor, default: float) -> Tensor:

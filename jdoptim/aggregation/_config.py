@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 import torch
 from torch import Tensor
 
 from ._bases import Aggregator
-from ._checks import check_pref_vector, pref_repr, resolve_per_row
+from ._checks import CheckedVectors, check_pref_vector, pref_repr, resolve_per_row
 
 
-class ConFIG(Aggregator):
+class ConFIG(CheckedVectors, Aggregator):
     r"""Conflict-free update of ConFIG.
 
     With :math:`u_i = g_i / \|g_i\|` (0 for a zero row) and U the matrix of rows
@@ -29,7 +31,9 @@ class ConFIG(Aggregator):
     Networks" (Liu et al., ICLR 2025).
 
     Args:
-        pref_vector: the preferences p, a 1-D tensor with one entry per row (default: ones).
+        pref_vector: the preferences p, a 1-D tensor of finite values with one entry per row
+            (default: ones). It is stored as the buffer ``pref_vector``; assigning a new one
+            checks it the same way.
 
     Example:
         >>> import torch
@@ -41,6 +45,7 @@ class ConFIG(Aggregator):
     differentiable = False
 
     pref_vector: Tensor | None
+    _checked_vectors: ClassVar[dict[str, bool]] = {"pref_vector": True}
 
     def __init__(self, pref_vector: Tensor | None = None) -> None:
         super().__init__()

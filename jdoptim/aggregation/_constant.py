@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 import torch
 from torch import Tensor
 
 from ._bases import GramianWeightedAggregator, Weighting
-from ._checks import resolve_per_row
+from ._checks import CheckedVectors, check_vector, resolve_per_row
 
 
 def _format_weights(weights: Tensor) -> str:
@@ -20,12 +22,13 @@ def _format_weights(weights: Tensor) -> str:
     return "[" + ", ".join(values) + "]"
 
 
-class ConstantWeighting(Weighting):
+class ConstantWeighting(CheckedVectors, Weighting):
     r"""The fixed weights :math:`w` given at construction, whatever the Gramian.
 
     Args:
         weights: a 1-D tensor with one weight per objective; its length must equal the number
-            of rows m of the Gramian it is applied to. It is stored as the buffer ``weights``.
+            of rows m of the Gramian it is applied to, all finite. It is stored as the buffer
+            ``weights``; assigning a new one checks it the same way.
 
     Example:
         >>> import torch
@@ -34,18 +37,19 @@ class ConstantWeighting(Weighting):
         tensor([1., 2.])
     """
 
+    # The weights do not depend on the scale of the Gramian.
+    gramian_rescaling = "any"
+
     weights: Tensor
+    _checked_vectors: ClassVar[dict[str, bool]] = {"weights": False}
 
     def __init__(self, weights: Tensor) -> None:
         super().__init__()
         if not isinstance(weights, Tensor):
             raise TypeError(f"`weights` must be a torch.Tensor, but got {type(weights).__name__}.")
-        if weights.dim() != 1:
-            raise ValueError(
-                f"`weights` must be a 1-D tensor, but got shape {list(weights.shape)}."
-            )
         if weights.dtype.is_complex or weights.dtype == torch.bool:
             raise TypeError(f"`weights` must be a real tensor, but got dtype {weights.dtype}.")
+        check_vector("weights", weights)
         if not weights.dtype.is_floating_point:
             weights = weights.to(torch.get_default_dtype())
         self.register_buffer("weights", weights.detach().clone())
@@ -66,7 +70,7 @@ class Constant(GramianWeightedAggregator):
     The gradient of the weighted sum of the losses :math:`\sum_i w_i L_i`.
 
     Args:
-        weights: a 1-D tensor with one weight per row of the Jacobian.
+        weights: a 1-D tensor of finite values with one weight per row of the Jacobian.
 
     Example:
         >>> import torch

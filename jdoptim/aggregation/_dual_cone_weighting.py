@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 import torch
 from torch import Tensor
 
 from ._bases import GramianWeightedAggregator, Weighting
-from ._checks import check_non_negative, check_pref_vector, normalize, pref_repr
+from ._checks import CheckedVectors, check_non_negative, check_pref_vector, normalize, pref_repr
 from ._checks import resolve_pref_vector as _resolve_pref_vector
 from ._dual_cone import DEFAULT_SOLVER, check_solver
 
 
-class DualConeWeighting(Weighting):
+class DualConeWeighting(CheckedVectors, Weighting):
     """Base of the weightings that project onto the dual cone of the rows (UPGrad, DualProj).
 
     Validates and stores ``pref_vector``, ``norm_eps``, ``reg_eps`` and ``solver``, and builds the
@@ -20,6 +22,10 @@ class DualConeWeighting(Weighting):
 
     differentiable = False
     pref_vector: Tensor | None
+    # The Gramian is trace-normalised first (behind the norm_eps threshold), so scaling it down
+    # by a power of two changes no weight: J Jᵀ of very large Jacobians may be rescaled.
+    gramian_rescaling = "down"
+    _checked_vectors: ClassVar[dict[str, bool]] = {"pref_vector": True}
 
     def __init__(
         self,

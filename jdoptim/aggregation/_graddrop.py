@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import ClassVar
 
 import torch
 from torch import Tensor
 
 from ._bases import Aggregator
-from ._checks import resolve_per_row
+from ._checks import CheckedVectors, check_vector, resolve_per_row
 
 
 def identity(purity: Tensor) -> Tensor:
@@ -16,7 +17,7 @@ def identity(purity: Tensor) -> Tensor:
     return purity
 
 
-class GradDrop(Aggregator):
+class GradDrop(CheckedVectors, Aggregator):
     r"""Gradient sign dropout, per coordinate.
 
     For each column j, the sign purity is
@@ -33,7 +34,9 @@ class GradDrop(Aggregator):
     Args:
         f: a function applied elementwise to the purity tensor ``[n]``, returning a tensor of
             the same shape (default: the identity).
-        leak: the leak :math:`\ell`, a 1-D tensor with one value per row (default: zeros).
+        leak: the leak :math:`\ell`, a 1-D tensor of finite values with one value per row
+            (default: zeros). It is stored as the buffer ``leak``; assigning a new one checks it
+            the same way.
 
     Example:
         >>> import torch
@@ -46,6 +49,7 @@ class GradDrop(Aggregator):
     differentiable = False
 
     leak: Tensor | None
+    _checked_vectors: ClassVar[dict[str, bool]] = {"leak": True}
 
     def __init__(
         self, f: Callable[[Tensor], Tensor] = identity, leak: Tensor | None = None
@@ -58,8 +62,7 @@ class GradDrop(Aggregator):
                 raise TypeError(
                     f"`leak` must be a torch.Tensor or None, but got {type(leak).__name__}."
                 )
-            if leak.dim() != 1:
-                raise ValueError(f"`leak` must be a 1-D tensor, but got shape {list(leak.shape)}.")
+            check_vector("leak", leak)
             leak = leak.detach().clone()
         self.f = f
         self.register_buffer("leak", leak)

@@ -20,7 +20,10 @@ class IMTLGWeighting(Weighting):
     zero when :math:`|\sum_i v_i| < 10^{-12}`, so an all-zero Gramian gives zeros, never NaN;
     ``v`` is computed on :math:`G / \operatorname{tr}(G)` (which leaves ``w`` unchanged), so that
     this test does not depend on the scale of the gradients.
-    Computed in float64; a non-finite Gramian gives NaN weights. From `Towards Impartial
+    Computed in float64, but :math:`G^{+}` drops the eigenvalues below
+    :math:`\max(\lambda) \cdot m \cdot \varepsilon` with ``ε`` the machine epsilon of the
+    Gramian's dtype: those of a float32 Gramian are rounding noise, whose inverse would make up
+    the weights. A non-finite Gramian gives NaN weights. From `Towards Impartial
     Multi-task Learning <https://openreview.net/forum?id=IMPnRXEWpvr>`_ (Liu et al., ICLR 2021).
 
     Not differentiable: backpropagating through the weights raises
@@ -32,6 +35,9 @@ class IMTLGWeighting(Weighting):
         >>> IMTLGWeighting()(torch.tensor([[1.0, 0.0], [0.0, 4.0]]))
         tensor([0.6667, 0.3333])
     """
+
+    # The weights do not depend on the scale of the Gramian.
+    gramian_rescaling = "any"
 
     differentiable = False
 
@@ -45,7 +51,11 @@ class IMTLGWeighting(Weighting):
         trace = safe_gram.diagonal().clamp(min=0.0).sum()
         safe_gram = safe_gram / torch.where(trace > 0, trace, torch.ones_like(trace))
         norms = safe_gram.diagonal().clamp(min=0.0).sqrt()
-        v = torch.linalg.pinv(safe_gram, hermitian=True) @ norms
+        # The rank follows the precision in which G was computed, not float64's: in a float32
+        # Gramian, eigenvalues below max(λ)·m·ε(float32) are rounding noise, and inverting them
+        # would give weights made of that noise.
+        rtol = gramian.shape[0] * torch.finfo(gramian.dtype).eps
+        v = torch.linalg.pinv(safe_gram, rtol=rtol, hermitian=True) @ norms
         total = v.sum()
         negligible = total.abs() < _SUM_EPS
         safe_total = torch.where(negligible, torch.ones_like(total), total)

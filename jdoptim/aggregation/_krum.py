@@ -40,6 +40,9 @@ class KrumWeighting(Weighting):
         tensor([1., 0., 0., 0.])
     """
 
+    # The weights do not depend on the scale of the Gramian.
+    gramian_rescaling = "any"
+
     def __init__(self, n_byzantine: int, n_selected: int = 1) -> None:
         super().__init__()
         _check_int("n_byzantine", n_byzantine, 0)

@@ -17,6 +17,9 @@ class MeanWeighting(Weighting):
         tensor([0.5000, 0.5000])
     """
 
+    # The weights do not depend on the scale of the Gramian.
+    gramian_rescaling = "any"
+
     def forward(self, gramian: Tensor, /) -> Tensor:
         m = gramian.shape[0]
         # max(m, 1): a Jacobian without rows (e.g. of an empty loss tensor) aggregates to zeros.

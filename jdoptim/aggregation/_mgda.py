@@ -39,10 +39,13 @@ class MGDAWeighting(Weighting):
     Example:
         >>> import torch
         >>> from jdoptim.aggregation import MGDAWeighting
-        >>> jacobian = torch.tensor([[-4.0, 1.0, 1.0], [6.0, 1.0, 1.0]])
+        >>> jacobian = torch.tensor([[-1.0, 1.0, 1.0], [3.0, 1.0, 1.0]])
         >>> MGDAWeighting()(jacobian @ jacobian.T)
-        tensor([0.6000, 0.4000])
+        tensor([0.7500, 0.2500])
     """
+
+    # The weights do not depend on the scale of the Gramian.
+    gramian_rescaling = "any"
 
     def __init__(self, epsilon: float = 1e-3, max_iters: int = 100) -> None:
         super().__init__()
@@ -106,7 +109,7 @@ class MGDA(GramianWeightedAggregator):
     Example:
         >>> import torch
         >>> from jdoptim.aggregation import MGDA
-        >>> MGDA()(torch.tensor([[-4.0, 1.0, 1.0], [6.0, 1.0, 1.0]]))
+        >>> MGDA()(torch.tensor([[-1.0, 1.0, 1.0], [3.0, 1.0, 1.0]]))  # 0.75·g₁ + 0.25·g₂
         tensor([0., 1., 1.])
     """
 

@@ -30,6 +30,9 @@ class PCGradWeighting(Weighting):
         tensor([2.0000, 1.5000])
     """
 
+    # The weights do not depend on the scale of the Gramian.
+    gramian_rescaling = "any"
+
     differentiable = False
 
     def forward(self, gramian: Tensor, /) -> Tensor:

@@ -24,6 +24,9 @@ class RandomWeighting(Weighting):
         tensor([0.8446, 0.1349, 0.0205])
     """
 
+    # The weights do not depend on the scale of the Gramian.
+    gramian_rescaling = "any"
+
     def forward(self, gramian: Tensor, /) -> Tensor:
         draw = torch.randn(gramian.shape[0], device=gramian.device, dtype=gramian.dtype)
         return draw.softmax(dim=0)

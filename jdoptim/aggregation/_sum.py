@@ -17,6 +17,9 @@ class SumWeighting(Weighting):
         tensor([1., 1., 1.])
     """
 
+    # The weights do not depend on the scale of the Gramian.
+    gramian_rescaling = "any"
+
     def forward(self, gramian: Tensor, /) -> Tensor:
         return gramian.new_ones(gramian.shape[0])
 

@@ -86,8 +86,8 @@ class UPGrad(DualConeAggregator):
     Example:
         >>> import torch
         >>> from jdoptim.aggregation import UPGrad
-        >>> UPGrad()(torch.tensor([[-4.0, 1.0, 1.0], [6.0, 1.0, 1.0]]))
-        tensor([0.2929, 1.9004, 1.9004])
+        >>> UPGrad()(torch.tensor([[-4.0, 1.0, 1.0], [6.0, 1.0, 1.0]])).round(decimals=3)
+        tensor([0.2930, 1.9000, 1.9000])
     """
 
     def __init__(

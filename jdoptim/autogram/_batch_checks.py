@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from torch import nn
+import torch
+from torch import Tensor, nn
+from torch.autograd.graph import GradientEdge
 from torch.nn.modules.batchnorm import _BatchNorm
 
 
@@ -32,3 +34,40 @@ def check_batch_independence(named_modules: list[tuple[str, nn.Module]], batch_d
             f"`batch_dim={batch_dim}`. Use `batch_dim=None` (exact for every module, slower), "
             "put the module in eval mode, or replace batch normalization by `nn.GroupNorm`."
         )
+
+
+def check_losses_are_per_sample(
+    output: Tensor, batch_dim: int, edges: list[GradientEdge], samples: int
+) -> None:
+    """Raises if the loss at index 0 along ``batch_dim`` depends on another sample.
+
+    Shapes cannot tell a batch of per-sample losses from a vector of task losses whose number
+    happens to equal the batch size (each a mean over the batch): both have ``samples`` entries
+    along ``batch_dim``. The gradient of the losses at index 0 tells them apart: with
+    per-sample losses, it vanishes on every other sample of the outputs ``edges`` (those of the
+    last layer called, batched on their first dimension, so that this backward pass only goes
+    through the computation of the losses from them).
+
+    Raises:
+        ValueError: when that gradient is finite and non-zero on another sample. A non-finite
+            one (e.g. a GradScaler overflow) is left to give a non-finite Gramian.
+    """
+    if samples < 2 or not edges:
+        return
+    selector = torch.zeros_like(output).movedim(batch_dim, 0)
+    selector[0] = 1.0
+    gradients = torch.autograd.grad(
+        output, edges, selector.movedim(0, batch_dim), retain_graph=True, allow_unused=True
+    )
+    for gradient in gradients:
+        if gradient is None or gradient.dim() == 0 or gradient.shape[0] != samples:
+            continue
+        others = gradient[1:]
+        if bool(((others != 0) & torch.isfinite(others)).any()):
+            raise ValueError(
+                f"With `batch_dim={batch_dim}`, the loss at index i along dimension {batch_dim} "
+                "must depend on sample i of the batch only, but the loss at index 0 depends on "
+                f"other samples of the batch of {samples}. These losses are not per-sample "
+                "losses (e.g. task losses, each averaged over the batch, whose number equals "
+                "the batch size): use `batch_dim=None` for them."
+            )

@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ._autocast import as_computed
+
 _CONVOLUTIONS = {
     nn.Conv1d: (1, F.conv1d),
     nn.Conv2d: (2, F.conv2d),
@@ -50,7 +52,11 @@ def convolution_gramian(
         delta: the gradients w.r.t. its output, ``[T, B, O, *spatial_out]``.
         names: the names of the parameters used (``"weight"`` and/or ``"bias"``).
         budget: the largest number of per-sample gradient elements formed at once.
+
+    Computed in float32 for half-precision calls (under autocast, with ``x`` rounded as the
+    convolution used it).
     """
+    x, delta = as_computed(x, delta)
     dims, convolution = _CONVOLUTIONS[next(c for c in _CONVOLUTIONS if isinstance(module, c))]
     assert isinstance(module, nn.modules.conv._ConvNd)
     rows, samples, out_channels = delta.shape[:3]

@@ -5,8 +5,9 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from ._autocast import accumulation_dtype, without_autocast
 from ._backward_pass import accumulate_gramian
-from ._batch_checks import check_batch_independence
+from ._batch_checks import check_batch_independence, check_losses_are_per_sample
 from ._convolution import is_plain_convolution_module
 from ._graph import EngineParameter, find_used_parameters
 from ._layout import to_generalized_gramian
@@ -63,8 +64,22 @@ class Engine:
     whose first dimension is not the batch size raise a :class:`ValueError` at
     :meth:`compute_gramian`. Modules outside the engine that mix the samples (e.g. a batch norm
     between two layers of a partial engine) cannot be detected: use ``batch_dim=None`` then.
+    The losses themselves must be per-sample losses: shapes alone cannot tell a vector of
+    ``B`` per-sample losses from ``B`` task losses that each average the batch of ``B``
+    samples, so :meth:`compute_gramian` differentiates the losses at index 0 along
+    ``batch_dim`` down to the outputs of the last layer called, and raises a
+    :class:`ValueError` when they depend on another sample (task losses take
+    ``batch_dim=None``). This costs one backward pass through the computation of the losses
+    from that layer's outputs.
     With ``batch_dim=None`` no assumption is made and every module works, at the cost of one
     backward pass per loss.
+
+    **Mixed precision.** Losses computed under :func:`torch.autocast` (float16 or bfloat16)
+    work with every layer: the closed forms use each layer's input rounded as autocast rounded
+    it, the other calls are replayed under the autocast state of their forward pass (whatever
+    the state around :meth:`compute_gramian`), and the Gramian is accumulated, and returned, in
+    float32 for half-precision losses, so that the Gramian of losses scaled by a
+    :class:`torch.amp.GradScaler` does not overflow.
 
     **What makes it refuse.** A parameter of the engine that receives gradient through a
     computation that is not a call of a module owning it (e.g. ``F.linear(h,
@@ -146,8 +161,8 @@ class Engine:
                 :meth:`compute_gramian`.
 
         Returns:
-            A tensor of shape ``[*output.shape, *reversed(output.shape)]`` with ``output``'s
-            dtype and device.
+            A tensor of shape ``[*output.shape, *reversed(output.shape)]`` on ``output``'s
+            device, with ``output``'s dtype, or float32 when it is float16 or bfloat16.
         """
         if self._removed:
             raise RuntimeError("This `Engine` was removed: its hooks no longer record the calls.")
@@ -163,7 +178,9 @@ class Engine:
         samples = 1 if batch_dim is None else shape[batch_dim]
         rows = output.numel() // samples if samples else 0
         size = rows * samples
-        gramian = output.new_zeros(size, size)
+        # Float32 for half-precision losses: the Gramian of GradScaler-scaled losses (e.g.
+        # under autocast) overflows float16.
+        gramian = output.new_zeros(size, size, dtype=accumulation_dtype(output.dtype))
         if size == 0 or not output.requires_grad:
             if size and not output.requires_grad:
                 raise ValueError(
@@ -178,13 +195,18 @@ class Engine:
             _check_call(call, samples if batch_dim is not None else None, self.batch_dim)
         if not relevant:
             return to_generalized_gramian(gramian, shape, batch_dim)
+        if batch_dim is not None:
+            # The outputs of the last layer called: the cheapest to differentiate the losses to.
+            last = [edge for edge in relevant[-1].output_edges if edge is not None]
+            check_losses_are_per_sample(output, batch_dim, last, samples)
         groups = _groups_sharing_parameters(relevant, used)
         grad_outputs = _row_selectors(output, batch_dim, rows)
         self._recorder.enabled = False  # Replays call the modules: they must not be recorded.
         try:
-            accumulate_gramian(
-                output, grad_outputs, rows, groups, used, batch_dim is not None, gramian
-            )
+            with without_autocast():  # replays restore the autocast of their forward pass
+                accumulate_gramian(
+                    output, grad_outputs, rows, groups, used, batch_dim is not None, gramian
+                )
         finally:
             self._recorder.enabled = True
         return to_generalized_gramian(gramian, shape, batch_dim)

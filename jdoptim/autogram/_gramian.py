@@ -18,6 +18,7 @@ from torch import Tensor, nn
 from torch.func import functional_call, vjp, vmap
 from torch.utils._pytree import tree_flatten, tree_unflatten
 
+from ._autocast import accumulation_dtype, replaying_under
 from ._convolution import convolution_gramian, is_plain_convolution
 from ._linear import is_plain_linear, linear_gramian
 from ._module_hooks import ModuleCall, slice_sums
@@ -48,9 +49,9 @@ def group_gramian(
             jacobians[key] = jacobian if key not in jacobians else jacobians[key] + jacobian
     delta = next(d for call in calls for d in deltas[call] if d is not None)
     size = delta.shape[0] * (delta.shape[1] if batched else 1)
-    gramian = delta.new_zeros(size, size)
+    gramian = delta.new_zeros(size, size, dtype=accumulation_dtype(delta.dtype))
     for jacobian in jacobians.values():
-        matrix = jacobian.reshape(size, -1)
+        matrix = jacobian.reshape(size, -1).to(gramian.dtype)
         gramian += matrix @ matrix.T
     return gramian
 
@@ -84,7 +85,8 @@ def call_jacobians(
         args, kwargs = tree_unflatten(new_leaves, spec)
         # Copies made inside the transform: a replay must not update the running statistics.
         copies = {name: buffer.clone() for name, buffer in buffers.items()}
-        output = functional_call(module, {**values, **copies}, args, kwargs)
+        with replaying_under(call.autocast):
+            output = functional_call(module, {**values, **copies}, args, kwargs)
         output_leaves = tree_flatten(output)[0]
         return tuple(output_leaves[i] for i in kept)
 
@@ -97,7 +99,8 @@ def call_jacobians(
             result = vjp(lambda values: replay(values, tensors), primals)
             outputs, vjp_fn = result[0], result[1]
             rows = tuple(cotangent.unsqueeze(1) for cotangent in sample_cotangents)
-            return _pull_back_rows(vjp_fn, rows), tuple(output.sum() for output in outputs)
+            sums = tuple(output.to(accumulation_dtype(output.dtype)).sum() for output in outputs)
+            return _pull_back_rows(vjp_fn, rows), sums
 
         try:
             per_sample_jacobians, sums = vmap(per_sample, in_dims=(0, 1), randomness="error")(
@@ -132,8 +135,10 @@ def _check_replay(call: ModuleCall, kept: list[int], sums: tuple[Tensor, ...]) -
         recorded = call.output_sums[index] if index < len(call.output_sums) else None
         if recorded is None:
             continue
-        total, magnitude = recorded
-        tolerance = 1e-9 if total.dtype == torch.float64 else 1e-3
+        total, magnitude, dtype = recorded
+        # Replays may round differently (e.g. sample by sample): by up to a unit in the last
+        # place of each entry in half precision (2^-8 for bfloat16).
+        tolerance = 1e-9 if dtype == torch.float64 else max(1e-3, 2 * torch.finfo(dtype).eps)
         if replayed.shape != total.shape or bool(
             ((replayed - total).abs() > tolerance * (magnitude + 1e-30)).any()
         ):

@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from ._autocast import as_computed
+
 
 def is_plain_linear(module: nn.Module) -> bool:
     """Whether ``module`` is an ``nn.Linear`` whose forward is not overridden."""
@@ -27,8 +29,10 @@ def linear_gramian(
         \langle x_{bs}, x_{cr} \rangle,
 
     which is ``(δ δᵀ) ⊙ (x xᵀ)`` when ``S = 1``. For large ``S`` the per-row gradients are
-    cheaper and are formed instead. The bias adds ``(Σ_s δ)(Σ_s δ)ᵀ``.
+    cheaper and are formed instead. The bias adds ``(Σ_s δ)(Σ_s δ)ᵀ``. Computed in float32 for
+    half-precision calls (under autocast, with ``x`` rounded as the layer used it).
     """
+    x, delta = as_computed(x, delta)
     in_features = x.shape[-1]
     rows = delta.shape[0]
     samples = x.shape[0] if batched else 1

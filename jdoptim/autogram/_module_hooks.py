@@ -13,6 +13,8 @@ from torch.autograd.graph import GradientEdge, Node, get_gradient_edge
 from torch.utils._pytree import tree_flatten, tree_map
 from torch.utils.hooks import RemovableHandle
 
+from ._autocast import AutocastState, accumulation_dtype, autocast_states
+
 
 @dataclass(eq=False)
 class ModuleCall:
@@ -36,9 +38,12 @@ class ModuleCall:
     input_nodes: set[Node] = field(default_factory=set)
     output_edges: list[GradientEdge | None] = field(default_factory=list)
     output_shapes: list[torch.Size] = field(default_factory=list)
-    output_sums: list[tuple[Tensor, Tensor] | None] = field(default_factory=list)
+    #: Per output: its slice sums (see :func:`slice_sums`) and the dtype it was computed in.
+    output_sums: list[tuple[Tensor, Tensor, torch.dtype] | None] = field(default_factory=list)
     modifies_inputs: bool = False
     complete: bool = False
+    #: Autocast as it was during the call, so that a replay computes in the same dtypes.
+    autocast: tuple[AutocastState, ...] = ()
 
     @property
     def effective_parent(self) -> ModuleCall | None:
@@ -55,6 +60,8 @@ def slice_sums(tensor: Tensor) -> tuple[Tensor, Tensor]:
     A cheap fingerprint of an output, checked against the replay of the call.
     """
     flat = tensor.reshape(tensor.shape[0] if tensor.dim() else 1, -1)
+    # In float32 at least: sums of half-precision outputs overflow.
+    flat = flat.to(accumulation_dtype(flat.dtype))
     return flat.sum(dim=1), flat.abs().sum(dim=1)
 
 
@@ -113,6 +120,9 @@ class CallRecorder:
         call = ModuleCall(module=module, parent=parent)
         inputs = _tensor_leaves((args, kwargs))
         call.versions_before = {id(t): t._version for t in inputs}
+        devices = [t.device.type for t in inputs]
+        devices += [p.device.type for p in module.parameters(recurse=False)]
+        call.autocast = autocast_states(devices)
         # Taken before the forward: a module modifying an input in place changes its node.
         call.input_nodes = {get_gradient_edge(t).node for t in inputs if t.requires_grad}
         self._stack.append(call)
@@ -141,7 +151,7 @@ class CallRecorder:
         checksums = self._needs_checksums(module)
         for leaf in tree_flatten(output)[0]:
             edge = None
-            sums = None
+            sums: tuple[Tensor, Tensor, torch.dtype] | None = None
             if isinstance(leaf, Tensor):
                 call.output_shapes.append(leaf.shape)
                 if leaf.requires_grad:
@@ -149,7 +159,7 @@ class CallRecorder:
                     if edge.node in call.input_nodes:
                         edge = None  # An input passed through unchanged: not produced here.
                     elif checksums:
-                        sums = slice_sums(leaf.detach())
+                        sums = (*slice_sums(leaf.detach()), leaf.dtype)
             else:
                 call.output_shapes.append(torch.Size())
             call.output_edges.append(edge)

@@ -11,6 +11,7 @@ import torch
 from torch import Tensor
 
 from ..aggregation import Aggregator, GramianWeightedAggregator
+from ..aggregation._rescaling import rescaled_gramian
 
 
 class Aggregated(NamedTuple):
@@ -61,7 +62,8 @@ def aggregate_matrix(
     else:
         update, weights, gramian = aggregator.aggregate(matrix, losses=losses)
     if record_gramian and gramian is None:
-        gramian = (matrix @ matrix.T).detach()
+        # For diagnostics (cosines and signs): rescaled where J Jᵀ would overflow.
+        gramian = rescaled_gramian(matrix.detach(), "any")
     return Aggregated(update, weights, gramian, False)
 
 

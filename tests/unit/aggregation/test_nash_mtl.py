@@ -326,3 +326,17 @@ def test_repr_and_str() -> None:
         "NashMTL(n_tasks=3, max_norm=2.0, update_weights_every=4, optim_niter=10)"
     )
     assert str(aggregator) == "NashMTL"
+
+
+@pytest.mark.parametrize("scale", [2.0**63, 2.0**100])
+def test_float32_jacobian_whose_gramian_overflows_float32_gives_a_finite_output(
+    scale: float,
+) -> None:
+    # J Jᵀ has entries around 1e38·n or more: out of float32's range, but not of float64's.
+    matrix = torch.randn(3, 5)
+
+    output = NashMTL(n_tasks=3, max_norm=0.0)(matrix * scale)
+    reference = NashMTL(n_tasks=3, max_norm=0.0)(matrix)
+
+    assert bool(torch.isfinite(output).all())
+    torch.testing.assert_close(output / scale, reference, rtol=1e-5, atol=1e-6)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
+from _explicit_gramian import explicit_jacobian, trainable
 from torch import Tensor, nn
 
 from jdoptim.autogram import Engine
@@ -282,3 +283,54 @@ def test_parameters_changed_between_forward_and_gramian() -> None:
         model[1].bias.add_(1.0)  # not saved by autograd: only the replay can notice
     with pytest.raises(ValueError, match="changed between"):
         engine.compute_gramian(losses)
+
+
+def _two_layers() -> nn.Module:
+    return nn.Sequential(nn.Linear(3, 5), nn.ReLU(), nn.Linear(5, 4))
+
+
+def test_task_losses_as_many_as_the_samples_are_refused_with_a_batch_dim() -> None:
+    # 4 task losses, each a mean over the batch of 4 samples: the shape [4] matches the batch
+    # size, but loss i is not the loss of sample i.
+    model = _two_layers()
+    engine = Engine(model, batch_dim=0)
+    task_losses = model(torch.randn(4, 3)).square().mean(dim=0)
+
+    with pytest.raises(ValueError, match=r"not per-sample losses.*batch_dim=None"):
+        engine.compute_gramian(task_losses)
+
+
+def test_task_losses_along_another_batch_dim_are_refused() -> None:
+    # [tasks, batch] losses where each task's row mixes the samples (a softmax over the batch).
+    model = _two_layers()
+    engine = Engine(model, batch_dim=1)
+    out = model(torch.randn(4, 3))  # [4, 4]: the batch is dimension 0 of the layer outputs
+    losses = out.softmax(dim=0).T  # [4 tasks, 4 samples], each mixing the whole batch
+
+    with pytest.raises(ValueError, match="not per-sample losses"):
+        engine.compute_gramian(losses)
+
+
+@pytest.mark.parametrize("tasks", [1, 2, 4])
+def test_per_sample_losses_as_many_as_the_tasks_keep_working(tasks: int) -> None:
+    model = _two_layers()
+    engine = Engine(model, batch_dim=0)
+    out = model(torch.randn(4, 3))
+    losses = out[:, :tasks].square()  # [4 samples, tasks]
+
+    gramian = engine.compute_gramian(losses)
+
+    jacobian = explicit_jacobian(losses, trainable(model))
+    expected = (jacobian @ jacobian.T).reshape(4, tasks, 4, tasks).permute(0, 1, 3, 2)
+    torch.testing.assert_close(gramian, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_non_finite_losses_give_a_non_finite_gramian_rather_than_a_batch_error() -> None:
+    model = _two_layers()
+    engine = Engine(model, batch_dim=0)
+    out = model(torch.randn(4, 3))
+    losses = out.square().sum(dim=1) * torch.tensor([float("inf"), 1.0, 1.0, 1.0])
+
+    gramian = engine.compute_gramian(losses)
+
+    assert not bool(torch.isfinite(gramian).all())
