@@ -29,6 +29,7 @@ EXPECTED_ROWS = [
     ("MLP 4×512 m=2 batch=64", "naive loop"),
     ("MLP 4×512 m=2 batch=64", "backward+jac_to_grad"),
     ("MLP 4×512 m=2 batch=64", "mtl_backward+jac_to_grad"),
+    ("MLP 4×512 m=2 batch=64", "feature-level"),
     ("IWRM CNN batch=16", "summed"),
     ("IWRM CNN batch=16", "autogram"),
     ("IWRM CNN batch=16", "autojac"),

@@ -176,3 +176,14 @@ def test_loss_weighting(capsys: pytest.CaptureFixture[str]) -> None:
     # FAMO descends on the sum of the log-losses, the objective its weights follow.
     first, last = histories["FAMO"][0], histories["FAMO"][-1]
     assert sum(math.log(loss) for loss in last) < sum(math.log(loss) for loss in first)
+
+
+def test_feature_level(capsys: pytest.CaptureFixture[str]) -> None:
+    results = run_example("feature_level", "--epochs", "2", "--width", "32")
+    output = capsys.readouterr().out
+    assert "UPGrad, features" in output and "ms/step" in output
+    for curves, seconds in results.values():
+        assert len(curves) == 2 and seconds > 0
+        assert all(0.0 <= accuracy <= 1.0 for accuracy in curves[-1])
+    # With two epochs every run already beats chance on the binary tasks.
+    assert all(curves[-1][1] > 0.6 for curves, _ in results.values())
