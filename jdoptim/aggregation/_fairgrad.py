@@ -48,7 +48,7 @@ class FairGradWeighting(Weighting):
         >>> import torch
         >>> from jdoptim.aggregation import FairGradWeighting
         >>> gramian = torch.tensor([[4.0, 0.0], [0.0, 1.0]])
-        >>> FairGradWeighting(alpha=1.0)(gramian)
+        >>> FairGradWeighting(alpha=1.0)(gramian).round(decimals=4)
         tensor([0.5000, 1.0000])
     """
 
@@ -124,7 +124,7 @@ class FairGrad(GramianWeightedAggregator):
     Example:
         >>> import torch
         >>> from jdoptim.aggregation import FairGrad
-        >>> FairGrad(alpha=1.0)(torch.tensor([[2.0, 0.0], [0.0, 1.0]]))
+        >>> FairGrad(alpha=1.0)(torch.tensor([[2.0, 0.0], [0.0, 1.0]])).round(decimals=4)
         tensor([1., 1.])
     """
 
