@@ -12,14 +12,11 @@ from torch import Tensor
 from ._bases import GramianWeightedAggregator, Weighting
 from ._checks import check_non_negative, normalize
 from ._optional import require
+from ._solver_failure import SolverFailure
 
 
 def _require_cvxpy() -> Any:
     return require("cvxpy", extra="cagrad", user="CAGrad")
-
-
-class _SolverFailure(Exception):
-    """The convex program did not give a usable solution."""
 
 
 class _ConflictAverseProgram:
@@ -49,12 +46,12 @@ class _ConflictAverseProgram:
                 warnings.simplefilter("ignore")
                 self.problem.solve()
         except (self.cp.error.SolverError, ValueError, ArithmeticError) as error:
-            raise _SolverFailure(f"{type(error).__name__}: {error}") from error
+            raise SolverFailure(f"{type(error).__name__}: {error}") from error
         value = self.u.value
         if self.problem.status not in ("optimal", "optimal_inaccurate") or value is None:
-            raise _SolverFailure(f"solver status {self.problem.status!r}")
+            raise SolverFailure(f"solver status {self.problem.status!r}")
         if not np.isfinite(value).all():
-            raise _SolverFailure("the solver returned non-finite values")
+            raise SolverFailure("the solver returned non-finite values")
         # Clean the solver's tolerance-level violations of the simplex.
         value = np.clip(np.asarray(value, dtype=np.float64), 0.0, None)
         return np.asarray(value / value.sum(), dtype=np.float64)
@@ -138,7 +135,7 @@ class CAGradWeighting(Weighting):
             program = self._programs[m] = _ConflictAverseProgram(m)
         try:
             return program.solve(reduced @ mean_gradient, phi * reduced)
-        except _SolverFailure as failure:
+        except SolverFailure as failure:
             reason = str(failure)
         warnings.warn(
             f"CAGrad: the convex program could not be solved ({reason}); using the uniform "

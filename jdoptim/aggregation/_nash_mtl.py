@@ -12,6 +12,7 @@ from torch import Tensor
 from ._bases import Aggregator
 from ._checks import check_non_negative
 from ._optional import require
+from ._solver_failure import SolverFailure
 
 
 def _require_solvers() -> Any:
@@ -25,10 +26,6 @@ def _check_int(name: str, value: int, minimum: int) -> None:
         raise TypeError(f"`{name}` must be an int, but got {type(value).__name__}.")
     if value < minimum:
         raise ValueError(f"`{name}` must be an int >= {minimum}, but got {value!r}.")
-
-
-class _SolverFailure(Exception):
-    """One convex step of the sequential procedure did not give usable weights."""
 
 
 class _BargainingStep:
@@ -65,15 +62,15 @@ class _BargainingStep:
                 warnings.simplefilter("ignore")
                 self.problem.solve(solver=self.cp.ECOS, max_iters=100)
         except (self.cp.error.SolverError, ValueError, ArithmeticError) as error:
-            raise _SolverFailure(f"{type(error).__name__}: {error}") from error
+            raise SolverFailure(f"{type(error).__name__}: {error}") from error
         value = self.alpha.value
         if self.problem.status not in ("optimal", "optimal_inaccurate") or value is None:
-            raise _SolverFailure(f"solver status {self.problem.status!r}")
+            raise SolverFailure(f"solver status {self.problem.status!r}")
         value = np.asarray(value, dtype=np.float64)
         if not (np.isfinite(value).all() and (value > 0).all()):
-            raise _SolverFailure("the solver returned non-positive or non-finite weights")
+            raise SolverFailure("the solver returned non-positive or non-finite weights")
         if (value * (gramian @ value)).min() < 0.99:
-            raise _SolverFailure(
+            raise SolverFailure(
                 f"solver status {self.problem.status!r} with a solution that violates the "
                 "bargaining constraints"
             )
@@ -241,7 +238,7 @@ class NashMTL(Aggregator):
         for iteration in range(self.optim_niter):
             try:
                 solution = program.solve(cosines, iterate)
-            except _SolverFailure as failure:
+            except SolverFailure as failure:
                 return iterate, (iteration, str(failure))
             moved = np.linalg.norm(solution - iterate)
             iterate = solution
