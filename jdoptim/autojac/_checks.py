@@ -28,14 +28,7 @@ def as_tensors(value: Tensor | Iterable[Tensor], name: str) -> list[Tensor]:
 
 def check_outputs(outputs: list[Tensor], name: str) -> None:
     """Checks that there is at least one output and that every output is differentiable."""
-    if not outputs:
-        raise ValueError(f"`{name}` must contain at least one tensor, but got an empty sequence.")
-    for i, output in enumerate(outputs):
-        if not output.requires_grad:
-            raise ValueError(
-                f"`{name}` must require grad (have a `grad_fn`), but element {i} of shape "
-                f"{list(output.shape)} does not require grad."
-            )
+    check_require_grad(outputs, name, " (it has no `grad_fn`)")
 
 
 def check_require_grad(tensors: list[Tensor], name: str, hint: str = "") -> None:

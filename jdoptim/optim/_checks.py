@@ -259,3 +259,31 @@ def check_flags(**flags: object) -> None:
     for name, value in flags.items():
         if not isinstance(value, bool):
             raise TypeError(f"`{name}` must be a bool, but got {value!r}.")
+
+
+def refuse_jacobian_arguments(
+    features: Any, grad_tensors: Any, aggregate: bool, why: Callable[[str], str]
+) -> None:
+    """Refuses the arguments of ``backward`` that need per-loss gradients (Gramian and scalarizer
+    modes); ``why(name)`` says why, in the words of the mode."""
+    for name, given in (
+        ("features", features is not None),
+        ("grad_tensors", grad_tensors is not None),
+        ("aggregate=False", not aggregate),
+    ):
+        if given:
+            raise ValueError(why(name))
+
+
+def gramian_mode_refusal(name: str) -> str:
+    return (
+        f"`{name}` is not supported in Gramian mode (with `engine`); drop it or use Jacobian mode."
+    )
+
+
+def scalarizer_mode_refusal(name: str) -> str:
+    return (
+        f"`{name}` cannot be combined with `scalarizer`: a scalarizer replaces the Jacobian of the "
+        "losses with one ordinary backward pass, so there are no per-loss gradients to use. Drop "
+        f"`{name}`, or use an aggregator instead of the scalarizer."
+    )

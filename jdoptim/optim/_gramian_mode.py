@@ -109,20 +109,6 @@ def plan_gramian(
     )
 
 
-def check_gramian_arguments(features: Any, grad_tensors: Any, aggregate: bool) -> None:
-    """Refuses the arguments of ``backward`` that need the Jacobian itself."""
-    for name, given in (
-        ("features", features is not None),
-        ("grad_tensors", grad_tensors is not None),
-        ("aggregate=False", not aggregate),
-    ):
-        if given:
-            raise ValueError(
-                f"`{name}` is not supported in Gramian mode (with `engine`); drop it or use "
-                "Jacobian mode."
-            )
-
-
 def gramian_weighting_of(
     aggregator: Any, weighting: Weighting | GeneralizedWeighting | None
 ) -> Weighting | GeneralizedWeighting:

@@ -30,6 +30,9 @@ from ._checks import (
     check_disjoint,
     check_flags,
     check_group,
+    gramian_mode_refusal,
+    refuse_jacobian_arguments,
+    scalarizer_mode_refusal,
     step_arguments,
 )
 from ._closure import closure_evaluator
@@ -40,14 +43,13 @@ from ._errors import check_finite_grads
 from ._feature_mode import check_aggregate_at, plan_feature_level
 from ._gramian_mode import (
     GramianEngine,
-    check_gramian_arguments,
     gramian_weighting_of,
     plan_gramian,
 )
 from ._jacobian_mode import plan_jacobian
 from ._multi_task_mode import plan_multi_task
 from ._plan import Plan, Records, write
-from ._scalarizer_mode import add_learned_parameters, check_scalarizer_arguments, plan_scalarized
+from ._scalarizer_mode import add_learned_parameters, plan_scalarized
 from ._scalarizer_step import closure_step
 from ._state import (
     ModeModules,
@@ -435,10 +437,10 @@ class JacobianOptimizer(SharedAttributes, Optimizer):
         context = self._context()
         check_devices(loss_list, context.params)
         if self._scalarizer is not None:
-            check_scalarizer_arguments(features, grad_tensors, aggregate)
+            refuse_jacobian_arguments(features, grad_tensors, aggregate, scalarizer_mode_refusal)
             return plan_scalarized(self._scalarizer, context, loss_list, retain_graph)
         if self._engine is not None:
-            check_gramian_arguments(features, grad_tensors, aggregate)
+            refuse_jacobian_arguments(features, grad_tensors, aggregate, gramian_mode_refusal)
             return plan_gramian(
                 self._engine,
                 gramian_weighting_of(self._aggregator, self._weighting),

@@ -57,22 +57,6 @@ def add_learned_parameters(optimizer: Optimizer, scalarizer: nn.Module) -> None:
     optimizer.add_param_group({"params": missing})
 
 
-def check_scalarizer_arguments(features: Any, grad_tensors: Any, aggregate: bool) -> None:
-    """Refuses the arguments of ``backward`` that need per-loss gradients."""
-    for name, given in (
-        ("features", features is not None),
-        ("grad_tensors", grad_tensors is not None),
-        ("aggregate=False", not aggregate),
-    ):
-        if given:
-            raise ValueError(
-                f"`{name}` cannot be combined with `scalarizer`: a scalarizer replaces the "
-                "Jacobian of the losses with one ordinary backward pass, so there are no "
-                f"per-loss gradients to use. Drop `{name}`, or use an aggregator instead of "
-                "the scalarizer."
-            )
-
-
 def plan_scalarized(
     scalarizer: Scalarizer, context: Context, losses: list[Tensor], retain_graph: bool
 ) -> Plan:
