@@ -13,6 +13,7 @@ import torch
 from torch import Tensor
 
 from ._checks import as_tensors, check_accumulable, check_no_duplicates
+from ._chunk_size import ChunkSize, compiled_regions, survey_graph
 from ._graph import leaves_in_order_of_first_use
 from ._jacobian import compute_jacobians, own, storage_keys
 
@@ -114,7 +115,7 @@ def compute_multi_task(
     grad_tensors: Sequence[Tensor] | None,
     params: MultiTaskParams,
     retain_graph: bool,
-    parallel_chunk_size: int | None,
+    parallel_chunk_size: ChunkSize,
     shared_buffer: bool,
 ) -> MultiTaskJacobians:
     """The task gradients and the shared Jacobian; writes no ``.grad`` nor ``.jac``.
@@ -130,6 +131,35 @@ def compute_multi_task(
     protected = storage_keys(grad_tensors or [])
     task_grads: list[list[Tensor | None]] = []
     feature_grads: list[list[Tensor]] = [[] for _ in features]
+    # The passes through the heads keep the graph for the trunk: compiled heads must allow it.
+    with compiled_regions(survey_graph(losses).compiled, several_passes=True):
+        _task_passes(losses, features, grad_tensors, params, protected, task_grads, feature_grads)
+    jac_features = [torch.stack(grads) for grads in feature_grads]
+    del feature_grads
+    jacobians: list[Tensor] = []
+    if params.shared:
+        jacobians = compute_jacobians(
+            features,
+            params.shared,
+            jac_features,
+            retain_graph,
+            parallel_chunk_size,
+            shared_buffer=shared_buffer,
+        )
+    return MultiTaskJacobians(task_grads, jacobians)
+
+
+def _task_passes(
+    losses: Sequence[Tensor],
+    features: Sequence[Tensor],
+    grad_tensors: Sequence[Tensor] | None,
+    params: MultiTaskParams,
+    protected: set[int],
+    task_grads: list[list[Tensor | None]],
+    feature_grads: list[list[Tensor]],
+) -> None:
+    """One backward pass per task through its head, keeping the graph: appends the gradients of
+    its own parameters to ``task_grads`` and those of the features to ``feature_grads``."""
     for i, (loss, own_params) in enumerate(zip(losses, params.tasks, strict=True)):
         grads: Sequence[Tensor | None] = torch.autograd.grad(
             loss,
@@ -145,16 +175,3 @@ def compute_multi_task(
             feature_grads, features, grads[len(own_params) :], strict=True
         ):
             grads_of_feature.append(torch.zeros_like(feature) if grad is None else grad)
-    jac_features = [torch.stack(grads) for grads in feature_grads]
-    del feature_grads
-    jacobians: list[Tensor] = []
-    if params.shared:
-        jacobians = compute_jacobians(
-            features,
-            params.shared,
-            jac_features,
-            retain_graph,
-            parallel_chunk_size,
-            shared_buffer=shared_buffer,
-        )
-    return MultiTaskJacobians(task_grads, jacobians)

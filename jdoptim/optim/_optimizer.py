@@ -15,6 +15,7 @@ from torch.optim import Optimizer
 
 from ..aggregation import Aggregator, GeneralizedWeighting, Weighting
 from ..autojac._checks import check_parallel_chunk_size
+from ..autojac._chunk_size import ChunkSize
 from ..autojac._jac_fields import clear_jacs
 from ._accumulation import check_nothing_pending, check_rows, plan_accumulated
 from ._checks import (
@@ -120,7 +121,8 @@ class JacobianOptimizer(SharedAttributes, Optimizer):
             ``aggregator.gramian_weighting``.
         engine: an :class:`jdoptim.autogram.Engine` over the model; selects Gramian mode.
         parallel_chunk_size: rows of the Jacobian per vectorised backward pass (see
-            :func:`jdoptim.autojac.jac`); ``None`` means all at once.
+            :func:`jdoptim.autojac.jac`); ``None`` means all at once, ``"auto"`` (the default)
+            chooses from the graph.
         process_group: a ``torch.distributed`` process group over which Jacobian mode averages
             the Jacobian; ``None`` for one process.
 
@@ -156,7 +158,7 @@ class JacobianOptimizer(SharedAttributes, Optimizer):
         *,
         weighting: Weighting | GeneralizedWeighting | None = None,
         engine: GramianEngine | None = None,
-        parallel_chunk_size: int | None = None,
+        parallel_chunk_size: ChunkSize = "auto",
         process_group: Any = None,
     ) -> None:
         if isinstance(optimizer, JacobianOptimizer) or not isinstance(optimizer, Optimizer):
