@@ -140,13 +140,15 @@ def test_compiled_backward_and_mtl_backward_equal_eager(backend) -> None:
                 )
 
 
-def optimizer_steps(trunk: nn.Module, heads: nn.ModuleList, multi_task: bool) -> list[Tensor]:
+def optimizer_steps(
+    trunk: nn.Module, heads: nn.ModuleList, multi_task: bool, device: str = "cpu"
+) -> list[Tensor]:
     """Three steps of JacobianOptimizer with its default arguments; the parameters after them."""
     params = [*trunk.parameters(), *heads.parameters()]
     optimizer = JacobianOptimizer(torch.optim.SGD(params, lr=0.1), UPGrad())
     generator = torch.Generator().manual_seed(1)
     for _ in range(3):
-        features = trunk(torch.randn(6, 5, generator=generator))
+        features = trunk(torch.randn(6, 5, generator=generator).to(device))
         losses = [head(features).square().mean() for head in heads]
         optimizer.zero_grad()
         if multi_task:
@@ -203,3 +205,30 @@ def test_switching_donated_buffers_off_before_compiling_makes_it_work() -> None:
         output = torch.compile(model, backend="aot_eager")(torch.randn(6, 5))
         (jacobian,) = jac(output.sum(dim=0), list(model.parameters())[:1])
     assert jacobian.shape == (3, 7, 5)
+
+
+# On a CUDA device (run by benchmarks/gpu_check.sh).
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_auto_vectorises_convolutions_on_cuda() -> None:
+    model = cnn().cuda()
+    output = model(torch.randn(2, 2, 6, 6, device="cuda"))
+    assert choose_chunk_size("auto", survey_graph([output]), 7, output.device) == 7
+    automatic = jac(output, list(model.parameters()), retain_graph=True)
+    expected = jac(output, list(model.parameters()), parallel_chunk_size=1)
+    for a, e in zip(automatic, expected, strict=True):
+        torch.testing.assert_close(a, e)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("multi_task", [False, True])
+def test_optimizer_on_a_compiled_trunk_equals_eager_on_cuda(multi_task) -> None:
+    model = mlp().cuda()
+    heads = nn.ModuleList([nn.Linear(3, 1) for _ in range(3)]).cuda()
+    twin, twin_heads = copy.deepcopy(model), copy.deepcopy(heads)
+    with fresh_compilation():
+        actual = optimizer_steps(torch.compile(twin), twin_heads, multi_task, device="cuda")
+    expected = optimizer_steps(model, heads, multi_task, device="cuda")
+    for a, e in zip(actual, expected, strict=True):
+        torch.testing.assert_close(a, e, rtol=1e-4, atol=1e-5)
