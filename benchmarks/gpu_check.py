@@ -234,7 +234,10 @@ def compile_rows(device: torch.device, backend: str, width: int, repeats: int) -
             f"JacobianOptimizer, {backend}",
             median_ms(compiled_step, device, repeats),
             median_ms(eager_step, device, repeats),
-            note=f"baseline: eager; compile {compile_s:.1f} s; largest parameter difference {difference:.1e}",
+            note=(
+                f"baseline: eager; compile {compile_s:.1f} s; "
+                f"largest parameter difference {difference:.1e}"
+            ),
         )
     ]
 
