@@ -63,7 +63,7 @@ def jac(
             or, on the CPU, a convolution (whose vectorised backward is several times slower
             than a loop and takes ten times the memory), else ``None``. An int above 1 or
             ``None`` on a graph vmap cannot run raises ``ValueError``. See
-            :doc:`/examples/torch_compile`.
+            :doc:`/torch_compile`.
 
     Returns:
         One Jacobian per input, of shape ``[m, *input.shape]`` (``m'`` rows with
