@@ -8,10 +8,13 @@ One training step on the small CNN of the performance suite (3 convolutions + 2 
   ``losses.backward(weights)`` + SGD step;
 - ``autogram_mean``: the same with ``MeanWeighting`` (the engine's cost without the QP of
   UPGrad);
-- ``autojac``: ``autojac.backward(losses)`` + ``jac_to_grad(params, UPGrad())`` + SGD step;
-- ``autojac_loop``: the same with ``parallel_chunk_size=1`` (one backward pass per row instead
-  of one ``vmap`` over the 64 rows: on the CPU, torch's batched convolution backward costs about
-  twice the 64 separate ones).
+- ``autojac``: ``autojac.backward(losses)`` + ``jac_to_grad(params, UPGrad())`` + SGD step,
+  with the default arguments (``parallel_chunk_size="auto"``, which on the CPU chooses one
+  backward pass per row for this convolutional model);
+- ``autojac_vmap``: the same with ``parallel_chunk_size=None`` (one ``vmap`` over the 64 rows:
+  on the CPU, torch's batched convolution backward costs about twice the 64 separate ones and
+  holds 64 copies of every activation gradient);
+- ``autojac_loop``: the same with ``parallel_chunk_size=1`` (one backward pass per row).
 
 Times are medians of repeated steps in one process (configurations interleaved, so that the
 noise of a shared machine hits them alike). Peak memory is measured for each configuration in
@@ -38,7 +41,19 @@ import torch
 from _memory import peak_growth_bytes
 from torch import Tensor, nn
 
-CONFIGURATIONS = ("summed", "autogram", "autogram_mean", "autojac", "autojac_loop")
+CONFIGURATIONS = (
+    "summed",
+    "autogram",
+    "autogram_mean",
+    "autojac",
+    "autojac_vmap",
+    "autojac_loop",
+)
+CHUNK_SIZES: dict[str, int | str | None] = {
+    "autojac": "auto",
+    "autojac_vmap": None,
+    "autojac_loop": 1,
+}
 
 
 def make_cnn() -> nn.Module:
@@ -87,12 +102,11 @@ def make_step(configuration: str, model: nn.Module) -> Callable[[Tensor, Tensor]
             losses.backward(weights)
             optimizer.step()
 
-    elif configuration in ("autojac", "autojac_loop"):
+    elif configuration in CHUNK_SIZES:
         from jdoptim import autojac
 
         aggregator = UPGrad()
-        # The default computes the 64 rows in one vmap; 1 computes them one backward pass each.
-        chunk_size = None if configuration == "autojac" else 1
+        chunk_size = CHUNK_SIZES[configuration]
 
         def step(x: Tensor, y: Tensor) -> None:
             optimizer.zero_grad()

@@ -1,9 +1,10 @@
 """Recurrent networks: Jacobian descent without vmap (``parallel_chunk_size=1``).
 
-By default the rows of the Jacobian are computed in one vectorised backward pass
-(``torch.vmap``). Some models cannot be vmapped — fused RNN kernels (cuDNN), compiled
-functions, some custom operators. ``parallel_chunk_size=1`` computes the rows one at a time,
-with plain backward passes, so that every model works.
+The rows of the Jacobian are normally computed in one vectorised backward pass (``torch.vmap``).
+Some models cannot be vmapped — fused RNN kernels (cuDNN), some custom operators.
+``parallel_chunk_size=1`` computes the rows one at a time, with plain backward passes, so that
+every model works (the default ``"auto"`` does so by itself for cuDNN RNNs and models compiled
+by ``torch.compile``).
 
 Run: ``python examples/rnn.py --steps 60``.
 """

@@ -14,6 +14,7 @@ from ._checks import (
     check_outputs,
     check_parallel_chunk_size,
 )
+from ._chunk_size import ChunkSize
 from ._graph import leaves_in_order_of_first_use
 from ._jac_fields import accumulate_jacs, check_jac_rows, get_jac
 from ._jacobian import compute_jacobians, number_of_rows
@@ -26,7 +27,7 @@ def backward(
     jac_tensors: Tensor | Sequence[Tensor] | None = None,
     inputs: Tensor | Iterable[Tensor] | None = None,
     retain_graph: bool = False,
-    parallel_chunk_size: int | None = None,
+    parallel_chunk_size: ChunkSize = "auto",
 ) -> None:
     r"""Computes the Jacobian of ``tensors`` and accumulates it into the ``.jac`` of ``inputs``.
 
@@ -69,8 +70,13 @@ def backward(
         retain_graph: if ``False``, the graph is freed once the last row is computed.
         parallel_chunk_size: how many rows are computed by one vectorised (``torch.vmap``)
             backward pass; ``None`` computes all rows at once. ``1`` computes one row per
-            ordinary backward pass and never uses ``vmap`` (for models vmap cannot handle, and
-            often faster on the CPU for convolutional models, whose vectorised backward is slow).
+            ordinary backward pass and never uses ``vmap`` (for models vmap cannot handle).
+            ``"auto"`` (the default) chooses from the graph: ``1`` when it contains a region
+            compiled by :func:`torch.compile` or a fused cuDNN RNN kernel (vmap cannot run them)
+            or, on the CPU, a convolution (whose vectorised backward is several times slower
+            than a loop and takes ten times the memory), else ``None``. An int above 1 or
+            ``None`` on a graph vmap cannot run raises ``ValueError``. See
+            :doc:`/torch_compile`.
 
     Example:
         >>> import torch

@@ -45,17 +45,20 @@ def check_require_grad(tensors: list[Tensor], name: str, hint: str = "") -> None
 
 
 def check_parallel_chunk_size(parallel_chunk_size: Any) -> None:
-    """Checks that ``parallel_chunk_size`` is None or a positive int."""
-    if parallel_chunk_size is None:
+    """Checks that ``parallel_chunk_size`` is ``"auto"``, None or a positive int."""
+    if parallel_chunk_size is None or (
+        isinstance(parallel_chunk_size, str) and parallel_chunk_size == "auto"
+    ):
         return
     if isinstance(parallel_chunk_size, bool) or not isinstance(parallel_chunk_size, int):
         raise TypeError(
-            "`parallel_chunk_size` must be None or a positive int, but got "
+            "`parallel_chunk_size` must be 'auto', None or a positive int, but got "
             f"{parallel_chunk_size!r}."
         )
     if parallel_chunk_size <= 0:
         raise ValueError(
-            f"`parallel_chunk_size` must be None or a positive int, but got {parallel_chunk_size}."
+            "`parallel_chunk_size` must be 'auto', None or a positive int, but got "
+            f"{parallel_chunk_size}."
         )
 
 

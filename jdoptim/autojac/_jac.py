@@ -13,6 +13,7 @@ from ._checks import (
     check_parallel_chunk_size,
     check_require_grad,
 )
+from ._chunk_size import ChunkSize
 from ._jacobian import compute_jacobians
 
 
@@ -22,7 +23,7 @@ def jac(
     *,
     jac_outputs: Tensor | Sequence[Tensor] | None = None,
     retain_graph: bool = False,
-    parallel_chunk_size: int | None = None,
+    parallel_chunk_size: ChunkSize = "auto",
 ) -> tuple[Tensor, ...]:
     r"""Computes and returns the Jacobian of ``outputs`` with respect to each of ``inputs``.
 
@@ -56,8 +57,13 @@ def jac(
             is always kept between rows).
         parallel_chunk_size: how many rows are computed by one vectorised (``torch.vmap``)
             backward pass; ``None`` computes all rows at once. ``1`` computes one row per
-            ordinary backward pass and never uses ``vmap`` (for models vmap cannot handle, and
-            often faster on the CPU for convolutional models, whose vectorised backward is slow).
+            ordinary backward pass and never uses ``vmap`` (for models vmap cannot handle).
+            ``"auto"`` (the default) chooses from the graph: ``1`` when it contains a region
+            compiled by :func:`torch.compile` or a fused cuDNN RNN kernel (vmap cannot run them)
+            or, on the CPU, a convolution (whose vectorised backward is several times slower
+            than a loop and takes ten times the memory), else ``None``. An int above 1 or
+            ``None`` on a graph vmap cannot run raises ``ValueError``. See
+            :doc:`/torch_compile`.
 
     Returns:
         One Jacobian per input, of shape ``[m, *input.shape]`` (``m'`` rows with

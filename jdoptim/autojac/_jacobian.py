@@ -7,6 +7,8 @@ from collections.abc import Iterable, Sequence
 import torch
 from torch import Tensor
 
+from ._chunk_size import ChunkSize, choose_chunk_size, compiled_regions, survey_graph
+
 
 def number_of_rows(outputs: Sequence[Tensor], multipliers: Sequence[Tensor] | None) -> int:
     """The number m of rows of the Jacobian of ``outputs`` (pre-multiplied by ``multipliers``)."""
@@ -20,24 +22,43 @@ def compute_jacobians(
     inputs: Sequence[Tensor],
     jac_outputs: Sequence[Tensor] | None,
     retain_graph: bool,
-    parallel_chunk_size: int | None,
+    parallel_chunk_size: ChunkSize,
     shared_buffer: bool = False,
 ) -> list[Tensor]:
     """Rows of ``jac_outputs · J`` (or of ``J`` itself) for each input, shape ``[m, *input.shape]``.
 
     Rows are computed ``parallel_chunk_size`` at a time by one vectorised backward pass
-    (``is_grads_batched=True``); a chunk of one row uses a plain backward pass, without vmap. The
-    graph is kept until the last chunk. Results of several chunks are written into preallocated
-    tensors, so the Jacobian is never held twice; no returned tensor aliases a seed or another
-    result. With one chunk the results are autograd's own tensors (made contiguous). With several
-    chunks, they are one contiguous tensor per input, or, with ``shared_buffer`` (and inputs of
-    one dtype and device), views of consecutive column blocks of one ``[m, N]`` matrix, which
-    :func:`jac_to_grad` then aggregates without copying.
+    (``is_grads_batched=True``); a chunk of one row uses a plain backward pass, without vmap;
+    ``"auto"`` chooses from the graph (:func:`choose_chunk_size`), which is walked once, also to
+    find the regions compiled by ``torch.compile``. The graph is kept until the last chunk.
+    Results of several chunks are written into preallocated tensors, so the Jacobian is never
+    held twice; no returned tensor aliases a seed or another result. With one chunk the results
+    are autograd's own tensors (made contiguous). With several chunks, they are one contiguous
+    tensor per input, or, with ``shared_buffer`` (and inputs of one dtype and device), views of
+    consecutive column blocks of one ``[m, N]`` matrix, which :func:`jac_to_grad` then
+    aggregates without copying.
     """
     m = number_of_rows(outputs, jac_outputs)
     if m == 0:
         return [input.new_zeros((0, *input.shape)) for input in inputs]
-    chunk = m if parallel_chunk_size is None else min(parallel_chunk_size, m)
+    survey = survey_graph(outputs)
+    chunk = choose_chunk_size(parallel_chunk_size, survey, m, outputs[0].device)
+    with compiled_regions(survey.compiled, several_passes=retain_graph or chunk < m):
+        return _compute_in_chunks(
+            outputs, inputs, jac_outputs, retain_graph, m, chunk, shared_buffer
+        )
+
+
+def _compute_in_chunks(
+    outputs: Sequence[Tensor],
+    inputs: Sequence[Tensor],
+    jac_outputs: Sequence[Tensor] | None,
+    retain_graph: bool,
+    m: int,
+    chunk: int,
+    shared_buffer: bool,
+) -> list[Tensor]:
+    """The loop of :func:`compute_jacobians` over chunks of ``chunk`` rows."""
     protected = storage_keys(jac_outputs or [])
     results: list[Tensor] = []
     for start in range(0, m, chunk):

@@ -14,6 +14,7 @@ from ._checks import (
     check_parallel_chunk_size,
     check_require_grad,
 )
+from ._chunk_size import ChunkSize
 from ._jac_fields import accumulate_grads, accumulate_jacs, check_jac_rows, get_jac
 from ._multi_task import compute_multi_task, resolve_params
 
@@ -27,7 +28,7 @@ def mtl_backward(
     tasks_params: Iterable[Iterable[Tensor]] | None = None,
     shared_params: Iterable[Tensor] | None = None,
     retain_graph: bool = False,
-    parallel_chunk_size: int | None = None,
+    parallel_chunk_size: ChunkSize = "auto",
 ) -> None:
     r"""Multi-task backward: task gradients into ``.grad``, the shared Jacobian into ``.jac``.
 
@@ -61,8 +62,9 @@ def mtl_backward(
             grad used to compute ``features``, in order of first use.
         retain_graph: if ``False``, the graph is freed once the last row of the Jacobian is
             computed.
-        parallel_chunk_size: rows of the Jacobian computed per vectorised backward pass (see
-            :func:`backward`); ``1`` never uses ``vmap``.
+        parallel_chunk_size: rows of the Jacobian computed per vectorised backward pass
+            through the trunk (see :func:`backward`); ``1`` never uses ``vmap``; ``"auto"`` (the
+            default) chooses from the trunk's graph.
 
     Example:
         >>> import torch

@@ -13,6 +13,7 @@ import torch
 from torch import Tensor
 
 from ._checks import as_tensors, check_accumulable, check_no_duplicates
+from ._chunk_size import ChunkSize, compiled_regions, survey_graph
 from ._graph import leaves_in_order_of_first_use
 from ._jacobian import compute_jacobians, own, storage_keys
 
@@ -114,7 +115,7 @@ def compute_multi_task(
     grad_tensors: Sequence[Tensor] | None,
     params: MultiTaskParams,
     retain_graph: bool,
-    parallel_chunk_size: int | None,
+    parallel_chunk_size: ChunkSize,
     shared_buffer: bool,
 ) -> MultiTaskJacobians:
     """The task gradients and the shared Jacobian; writes no ``.grad`` nor ``.jac``.
@@ -155,21 +156,23 @@ def task_and_feature_gradients(
     protected = storage_keys(grad_tensors or [])
     task_grads: list[list[Tensor | None]] = []
     feature_grads: list[list[Tensor]] = [[] for _ in features]
-    for i, (loss, own_params) in enumerate(zip(losses, tasks, strict=True)):
-        grads: Sequence[Tensor | None] = torch.autograd.grad(
-            loss,
-            [*own_params, *features],
-            grad_outputs=None if grad_tensors is None else grad_tensors[i],
-            retain_graph=True,
-            allow_unused=True,
-        )
-        task_grads.append(
-            [None if g is None else own(g, protected) for g in grads[: len(own_params)]]
-        )
-        for grads_of_feature, feature, grad in zip(
-            feature_grads, features, grads[len(own_params) :], strict=True
-        ):
-            grads_of_feature.append(torch.zeros_like(feature) if grad is None else grad)
+    # The passes through the heads keep the graph for the trunk: compiled heads must allow it.
+    with compiled_regions(survey_graph(losses).compiled, several_passes=True):
+        for i, (loss, own_params) in enumerate(zip(losses, tasks, strict=True)):
+            grads: Sequence[Tensor | None] = torch.autograd.grad(
+                loss,
+                [*own_params, *features],
+                grad_outputs=None if grad_tensors is None else grad_tensors[i],
+                retain_graph=True,
+                allow_unused=True,
+            )
+            task_grads.append(
+                [None if g is None else own(g, protected) for g in grads[: len(own_params)]]
+            )
+            for grads_of_feature, feature, grad in zip(
+                feature_grads, features, grads[len(own_params) :], strict=True
+            ):
+                grads_of_feature.append(torch.zeros_like(feature) if grad is None else grad)
     return task_grads, [torch.stack(grads) for grads in feature_grads]
 
 
@@ -181,11 +184,12 @@ def pull_back(
 ) -> list[Tensor]:
     """The gradient of ``Σ <feature_update_k, features_k>`` with respect to each shared parameter:
     one ordinary backward pass through the trunk (zeros for unused parameters)."""
-    grads = torch.autograd.grad(
-        list(features),
-        list(shared),
-        grad_outputs=list(feature_update),
-        retain_graph=retain_graph,
-        allow_unused=True,
-    )
+    with compiled_regions(survey_graph(features).compiled, several_passes=retain_graph):
+        grads = torch.autograd.grad(
+            list(features),
+            list(shared),
+            grad_outputs=list(feature_update),
+            retain_graph=retain_graph,
+            allow_unused=True,
+        )
     return [torch.zeros_like(p) if g is None else g for g, p in zip(grads, shared, strict=True)]

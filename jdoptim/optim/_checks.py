@@ -11,6 +11,7 @@ from torch import Tensor
 from .._describe import describe
 from ..aggregation import Aggregator, GeneralizedWeighting, Weighting
 from ..autojac._checks import as_tensors, check_parallel_chunk_size
+from ..autojac._chunk_size import ChunkSize
 from ._torch_optimizer import SharedAttributes
 
 
@@ -184,7 +185,8 @@ def check_scalarizer_mode(
         ("aggregator", aggregator),
         ("weighting", weighting),
         ("engine", engine),
-        ("parallel_chunk_size", parallel_chunk_size),
+        # "auto" is the default, so only a chosen chunk size counts as given.
+        ("parallel_chunk_size", None if parallel_chunk_size == "auto" else parallel_chunk_size),
     ):
         if value is not None:
             raise ValueError(
@@ -201,7 +203,7 @@ def check_arguments(
     scalarizer: Any,
     weighting: Weighting | GeneralizedWeighting | None,
     engine: Any,
-    parallel_chunk_size: int | None,
+    parallel_chunk_size: ChunkSize,
     process_group: Any,
 ) -> Aggregator | None:
     """Checks the arguments of ``JacobianOptimizer`` (everything before anything is changed);

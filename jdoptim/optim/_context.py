@@ -8,6 +8,7 @@ from typing import Any, cast
 from torch import Tensor
 
 from ..aggregation import Aggregator
+from ..autojac._chunk_size import ChunkSize
 from ._checks import check_disjoint
 from ._distributed import Sync
 from ._groups import Block
@@ -29,7 +30,7 @@ class Context:
     groups: list[list[Tensor]]
     aggregators: list[Aggregator]
     keyed: list[bool]
-    parallel_chunk_size: int | None
+    parallel_chunk_size: ChunkSize
     sync: Sync
     record_gramians: bool
 
@@ -59,7 +60,7 @@ class Context:
 def build_context(
     param_groups: list[dict[str, Any]],
     default_aggregator: Aggregator | None,
-    parallel_chunk_size: int | None,
+    parallel_chunk_size: ChunkSize,
     sync: Sync,
     record_gramians: bool,
 ) -> Context:

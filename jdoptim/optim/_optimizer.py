@@ -15,6 +15,7 @@ from torch import Tensor
 from torch.optim import Optimizer
 
 from ..aggregation import Aggregator, GeneralizedWeighting, Weighting
+from ..autojac._chunk_size import ChunkSize
 from ..autojac._jac_fields import clear_jacs
 from ..scalarization import Scalarizer
 from ._accumulation import (
@@ -70,6 +71,7 @@ from ._transaction import Transaction
 Losses = Tensor | Sequence[Tensor]
 
 
+# What pickling keeps: torch's hooks and the records of the last plan are made anew on load.
 _PICKLED = (
     "_inner",
     "_aggregator",
@@ -112,7 +114,7 @@ class JacobianOptimizer(SharedAttributes, Optimizer):
             ``aggregator.gramian_weighting``.
         engine: an :class:`jdoptim.autogram.Engine` over the model; selects Gramian mode.
         parallel_chunk_size: rows of the Jacobian per vectorised backward pass (see
-            :func:`jdoptim.autojac.jac`); ``None`` means all at once.
+            :func:`jdoptim.autojac.jac`); ``"auto"`` (the default) chooses from the graph.
         process_group: a ``torch.distributed`` process group over which Jacobian mode averages
             the Jacobian; ``None`` for one process.
 
@@ -149,7 +151,7 @@ class JacobianOptimizer(SharedAttributes, Optimizer):
         scalarizer: Scalarizer | None = None,
         weighting: Weighting | GeneralizedWeighting | None = None,
         engine: GramianEngine | None = None,
-        parallel_chunk_size: int | None = None,
+        parallel_chunk_size: ChunkSize = "auto",
         process_group: Any = None,
     ) -> None:
         aggregator = check_arguments(
@@ -407,7 +409,6 @@ class JacobianOptimizer(SharedAttributes, Optimizer):
         load_with_hooks(self, state_dict, load)
 
     def __getstate__(self) -> dict[str, Any]:
-        # The hooks of torch.optim.Optimizer and the per-step records are made anew on load.
         return {key: self.__dict__[key] for key in _PICKLED}
 
     def __setstate__(self, state: dict[str, Any]) -> None:

@@ -33,6 +33,7 @@ EXPECTED_ROWS = [
     ("IWRM CNN batch=16", "summed"),
     ("IWRM CNN batch=16", "autogram"),
     ("IWRM CNN batch=16", "autojac"),
+    ("IWRM CNN batch=16", "autojac_vmap"),
     ("IWRM CNN batch=16", "autojac_loop"),
     ("JacobianOptimizer MLP m=2", "hand-written"),
     ("JacobianOptimizer MLP m=2", "JacobianOptimizer"),
