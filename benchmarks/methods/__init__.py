@@ -1,0 +1,1 @@
+"""The methods benchmark: every aggregator and scalarizer on a two-objective toy and on MultiDigits."""
