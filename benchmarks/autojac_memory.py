@@ -23,7 +23,7 @@ Configurations:
 - ``backward+jac_to_grad``, ``backward/8+jac_to_grad``: the same followed by
   ``jac_to_grad(params, Mean())``.
 
-The ratio reported is peak / (Jacobian size + A); the target of issue 3 is ≤ 1.3.
+The ratio reported is peak / (Jacobian size + A); the target is ≤ 1.3 (the Jacobian held once).
 
 Run ``PYTHONPATH=. python benchmarks/autojac_memory.py`` (``--json`` for machine-readable output);
 other scripts call :func:`run`.

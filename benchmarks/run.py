@@ -327,6 +327,74 @@ def mlp_workloads(quick: bool) -> list[Workload]:
 
 
 # ----------------------------------------------------------------------------------------------
+# Scalarizer mode of JacobianOptimizer on the same MLP: one ordinary backward of the scalarized
+# losses, against the plain summed-loss step.
+
+SCALARIZERS = ("Mean", "Random", "UW", "DWA", "FAMO")
+
+
+def _scalarizer_setup(m: int, configuration: str) -> Setup:
+    def setup() -> Callable[[], object]:
+        from jdoptim import JacobianOptimizer, scalarization
+
+        torch.manual_seed(0)
+        model = _MultiHeadMLP(m)
+        sgd = torch.optim.SGD(model.parameters(), lr=1e-6)
+        generator = torch.Generator().manual_seed(0)
+        x = torch.randn(64, _MLP_INPUTS, generator=generator)
+        y = torch.randn(64, m, generator=generator)
+
+        def losses() -> Tensor:
+            return torch.stack(model.losses(x, y)[1])
+
+        if configuration == "summed":
+
+            def step() -> None:
+                sgd.zero_grad()
+                losses().sum().backward()
+                sgd.step()
+
+            return step
+        made = {
+            "Mean": scalarization.Mean,
+            "Random": scalarization.Random,
+            "UW": lambda: scalarization.UW(m),
+            "DWA": scalarization.DWA,
+            "FAMO": lambda: scalarization.FAMO(m),
+        }[configuration]()
+        opt = JacobianOptimizer(sgd, scalarizer=made)
+        if configuration == "FAMO":
+            # With a closure: the step re-evaluates the losses without gradients and updates FAMO.
+            def closure() -> Tensor:
+                opt.zero_grad()
+                return losses()
+
+            return lambda: opt.step(closure)
+
+        def scalarized_step() -> None:
+            opt.zero_grad()
+            opt.step(losses())
+
+        return scalarized_step
+
+    return setup
+
+
+def scalarizer_workloads(quick: bool) -> list[Workload]:
+    return [
+        Workload(
+            name=f"scalarizer MLP m={m}",
+            baseline="summed",
+            configurations={c: _scalarizer_setup(m, c) for c in ("summed", *SCALARIZERS)},
+            targets={c: "≤ 2.1" if c == "FAMO" else "≤ 1.05" for c in SCALARIZERS},
+            repeats=2 if quick else 30,
+            measure_memory=not quick,
+        )
+        for m in ((2,) if quick else (2, 8, 32))
+    ]
+
+
+# ----------------------------------------------------------------------------------------------
 # Instance-wise risk minimisation on the small CNN, and the optimizer's overhead: the steps of
 # benchmarks/autogram_iwrm.py and benchmarks/optimizer_overhead.py.
 
@@ -396,6 +464,7 @@ WORKLOAD_GROUPS: dict[str, Callable[[bool], list[Workload]]] = {
     "mlp": mlp_workloads,
     "iwrm": iwrm_workloads,
     "optimizer": optimizer_workloads,
+    "scalarizer": scalarizer_workloads,
 }
 
 

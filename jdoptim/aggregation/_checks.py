@@ -53,7 +53,8 @@ def resolve_pref_vector(pref_vector: Tensor | None, gramian: Tensor, default: fl
 
 
 def normalize(gramian: Tensor, norm_eps: float) -> Tensor:
-    """``G / tr(G)`` when ``tr(G) >= norm_eps``, else the zero matrix (SPEC Appendix A).
+    """``G / tr(G)`` when ``tr(G) >= norm_eps``, else the zero matrix (as the reference
+    implementation of UPGrad normalises).
 
     A zero trace gives the zero matrix even with ``norm_eps = 0`` (never ``0 / 0``); a
     non-finite entry of ``G`` stays non-finite.

@@ -8,14 +8,14 @@ from torch import Tensor
 from ._bases import GramianWeightedAggregator, Weighting
 from ._checks import check_non_negative, check_pref_vector, normalize, pref_repr
 from ._checks import resolve_pref_vector as _resolve_pref_vector
-from ._dual_cone import check_solver
+from ._dual_cone import DEFAULT_SOLVER, check_solver
 
 
 class DualConeWeighting(Weighting):
     """Base of the weightings that project onto the dual cone of the rows (UPGrad, DualProj).
 
     Validates and stores ``pref_vector``, ``norm_eps``, ``reg_eps`` and ``solver``, and builds the
-    regularised Gramian ``Ĝ = N(G) + reg_eps·I`` of SPEC Appendix A. Not differentiable.
+    regularised Gramian ``Ĝ = N(G) + reg_eps·I`` on which both solve their QPs. Not differentiable.
     """
 
     differentiable = False
@@ -26,7 +26,7 @@ class DualConeWeighting(Weighting):
         pref_vector: Tensor | None = None,
         norm_eps: float = 1e-4,
         reg_eps: float = 1e-4,
-        solver: str = "auto",
+        solver: str = DEFAULT_SOLVER,
     ) -> None:
         super().__init__()
         check_pref_vector(pref_vector)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from ._dual_cone import solve_dual_cone
+from ._dual_cone import DEFAULT_SOLVER, solve_dual_cone
 from ._dual_cone_weighting import DualConeAggregator, DualConeWeighting
 
 
@@ -16,10 +16,18 @@ class UPGradWeighting(DualConeWeighting):
     With :math:`\hat G = N(G) + \varepsilon_{reg} I`, where :math:`N(G) = G / \operatorname{tr}(G)`
     when :math:`\operatorname{tr}(G) \geq \varepsilon_{norm}` and :math:`0` otherwise. For
     ``G = J Jᵀ``, :math:`J^\top v_i` is the projection of :math:`p_i g_i` onto the dual cone of
-    the rows :math:`g_1, …, g_m` of ``J``, so :math:`J^\top w` conflicts with none of them. A
-    (nearly) zero Gramian gives :math:`w = p`. The ``m`` QPs are solved in one call of the
-    dual-cone solver. From `Jacobian Descent for Multi-Objective Optimization
+    the rows :math:`g_1, …, g_m` of ``J``, so :math:`J^\top w` conflicts with none of them (up to
+    the tolerance below). A (nearly) zero Gramian gives :math:`w = p`. The ``m`` QPs are solved
+    in one call of the dual-cone solver. From `Jacobian Descent for Multi-Objective Optimization
     <https://arxiv.org/abs/2406.16232>`_ (Quinton & Rey).
+
+    **Tolerance.** The regularisation makes the result conflict a little with objectives on
+    which the exact projection is tight: :math:`(J A(J))_i = (G w)_i \geq -\varepsilon_{reg}
+    \operatorname{tr}(G)\, w_i` for every objective ``i`` (so ``J @ A(J)`` may have negative
+    entries, typically with more objectives than parameters). ``reg_eps=0`` gives exact
+    non-conflict, :math:`(G w)_i \geq -4.5 \cdot 10^{-10} \lVert g_i \rVert \sum_j \lVert
+    g_j \rVert w_j` in float64, also for singular Gramians, at some cost in time; see
+    :ref:`dual-cone-tolerance`.
 
     Not differentiable: backpropagating through the weights raises
     :class:`~jdoptim.aggregation.NonDifferentiableError`.
@@ -28,10 +36,8 @@ class UPGradWeighting(DualConeWeighting):
         pref_vector: ``[m]`` preference vector ``p``; ``None`` means uniform ``1/m``.
         norm_eps: the trace below which the Gramian is treated as zero (``≥ 0``).
         reg_eps: the multiple of the identity added to the normalised Gramian (``≥ 0``).
-        solver: the dual-cone QP solver: ``"auto"`` (on the CPU, closed forms for one or two
-            objectives and quadprog up to 24, where they are faster; else torch), ``"torch"``
-            (batched, on the Gramian's device, no host copy) or ``"quadprog"`` (one QP per row
-            on the CPU).
+        solver: the QP solver, ``"auto"`` (default), ``"quadprog"`` or ``"torch"``; see
+            :ref:`dual-cone-solver`.
 
     Example:
         >>> import torch
@@ -59,6 +65,14 @@ class UPGrad(DualConeAggregator):
     (guarded by ``norm_eps``) and regularised by ``reg_eps · I``. From `Jacobian Descent for
     Multi-Objective Optimization <https://arxiv.org/abs/2406.16232>`_ (Quinton & Rey).
 
+    **Tolerance.** The regularisation makes the result conflict a little with objectives on
+    which the exact projection is tight: :math:`(J A(J))_i = (G w)_i \geq -\varepsilon_{reg}
+    \operatorname{tr}(G)\, w_i` for every objective ``i`` (so ``J @ A(J)`` may have negative
+    entries, typically with more objectives than parameters). ``reg_eps=0`` gives exact
+    non-conflict, :math:`(G w)_i \geq -4.5 \cdot 10^{-10} \lVert g_i \rVert \sum_j \lVert
+    g_j \rVert w_j` in float64, also for singular Gramians, at some cost in time; see
+    :ref:`dual-cone-tolerance`.
+
     Not differentiable: backpropagating through the output raises
     :class:`~jdoptim.aggregation.NonDifferentiableError`.
 
@@ -66,10 +80,8 @@ class UPGrad(DualConeAggregator):
         pref_vector: ``[m]`` preference vector; ``None`` means uniform ``1/m``.
         norm_eps: the trace below which the Gramian is treated as zero (``≥ 0``).
         reg_eps: the multiple of the identity added to the normalised Gramian (``≥ 0``).
-        solver: the dual-cone QP solver: ``"auto"`` (on the CPU, closed forms for one or two
-            objectives and quadprog up to 24, where they are faster; else torch), ``"torch"``
-            (batched, on the Gramian's device, no host copy) or ``"quadprog"`` (one QP per row
-            on the CPU).
+        solver: the QP solver, ``"auto"`` (default), ``"quadprog"`` or ``"torch"``; see
+            :ref:`dual-cone-solver`.
 
     Example:
         >>> import torch
@@ -83,6 +95,6 @@ class UPGrad(DualConeAggregator):
         pref_vector: Tensor | None = None,
         norm_eps: float = 1e-4,
         reg_eps: float = 1e-4,
-        solver: str = "auto",
+        solver: str = DEFAULT_SOLVER,
     ) -> None:
         super().__init__(UPGradWeighting(pref_vector, norm_eps, reg_eps, solver))

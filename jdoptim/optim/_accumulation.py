@@ -63,6 +63,16 @@ def plan_accumulated(context: Context, losses: Tensor | None) -> Plan:
     return plan
 
 
+def check_aggregate_available(gramian_mode: bool, scalarizer_mode: bool) -> None:
+    """Refuses ``aggregate()`` in the modes that never form the Jacobian."""
+    if gramian_mode or scalarizer_mode:
+        mode = "scalarizer mode" if scalarizer_mode else "Gramian mode (with `engine`)"
+        raise ValueError(
+            f"`aggregate` is not available in {mode}: gradient accumulation of Jacobians needs "
+            "Jacobian mode."
+        )
+
+
 def check_nothing_pending(pending: bool, name: str) -> None:
     """Refuses ``name`` while an accumulation awaits ``aggregate()``."""
     if pending:

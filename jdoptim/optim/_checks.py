@@ -10,7 +10,8 @@ from torch import Tensor
 
 from .._describe import describe
 from ..aggregation import Aggregator, GeneralizedWeighting, Weighting
-from ..autojac._checks import as_tensors
+from ..autojac._checks import as_tensors, check_parallel_chunk_size
+from ._torch_optimizer import SharedAttributes
 
 
 def check_aggregator(aggregator: Any, name: str) -> None:
@@ -143,16 +144,89 @@ def check_gramian_mode(
         )
 
 
-def check_group(group: dict[str, Any], where: str, gramian_mode: bool) -> None:
-    """Checks a parameter group's ``"aggregator"`` key (refused in Gramian mode)."""
+def check_group(
+    group: dict[str, Any], where: str, gramian_mode: bool, scalarizer_mode: bool = False
+) -> None:
+    """Checks a parameter group's ``"aggregator"`` key (refused in Gramian and scalarizer
+    modes)."""
     if "aggregator" not in group:
         return
+    if scalarizer_mode:
+        raise ValueError(
+            f"{where} has an 'aggregator' key, which cannot be combined with `scalarizer`: a "
+            "group's aggregator needs the per-loss gradients, which a scalarizer never computes. "
+            "Remove the key, or drop `scalarizer` and use aggregators."
+        )
     check_aggregator(group["aggregator"], f"{where}'s 'aggregator'")
     if gramian_mode:
         raise ValueError(
             f"{where} has an 'aggregator' key, but in Gramian mode (with `engine`) one "
             "weighting serves all groups: remove the key or use Jacobian mode."
         )
+
+
+def check_scalarizer_mode(
+    scalarizer: Any,
+    aggregator: Any,
+    weighting: Any,
+    engine: Any,
+    parallel_chunk_size: Any,
+) -> None:
+    """Checks ``scalarizer`` and that no argument of the other modes comes with it."""
+    from ..scalarization import Scalarizer
+
+    if not isinstance(scalarizer, Scalarizer):
+        raise TypeError(
+            "`scalarizer` must be None or a jdoptim.scalarization.Scalarizer, but got "
+            f"{describe(scalarizer)}."
+        )
+    for name, value in (
+        ("aggregator", aggregator),
+        ("weighting", weighting),
+        ("engine", engine),
+        ("parallel_chunk_size", parallel_chunk_size),
+    ):
+        if value is not None:
+            raise ValueError(
+                f"`scalarizer` cannot be combined with `{name}`: a scalarizer replaces the "
+                "Jacobian with one ordinary backward pass of the scalarized losses, so there is "
+                f"nothing for `{name}` to do. Pass either `scalarizer` or `{name}`, but got "
+                f"scalarizer={scalarizer!r} and {name}={value!r}."
+            )
+
+
+def check_arguments(
+    optimizer: Any,
+    aggregator: Aggregator | None,
+    scalarizer: Any,
+    weighting: Weighting | GeneralizedWeighting | None,
+    engine: Any,
+    parallel_chunk_size: int | None,
+    process_group: Any,
+) -> Aggregator | None:
+    """Checks the arguments of ``JacobianOptimizer`` (everything before anything is changed);
+    returns the default aggregator: ``aggregator``, else UPGrad, and None in scalarizer mode."""
+    if isinstance(optimizer, SharedAttributes) or not isinstance(optimizer, torch.optim.Optimizer):
+        raise TypeError(
+            "`optimizer` must be a torch.optim.Optimizer (not a JacobianOptimizer), but got "
+            f"{type(optimizer).__name__}."
+        )
+    if scalarizer is not None:
+        check_scalarizer_mode(scalarizer, aggregator, weighting, engine, parallel_chunk_size)
+    elif aggregator is None:
+        from ..aggregation import UPGrad
+
+        aggregator = UPGrad()
+    if aggregator is not None:
+        check_aggregator(aggregator, "aggregator")
+        check_gramian_mode(aggregator, weighting, engine)
+    check_parallel_chunk_size(parallel_chunk_size)
+    check_process_group(process_group)
+    for index, group in enumerate(optimizer.param_groups):
+        where = f"`optimizer` parameter group {index}"
+        check_group(group, where, engine is not None, scalarizer is not None)
+    check_disjoint(optimizer.param_groups, "optimizer")
+    return aggregator
 
 
 def step_arguments(

@@ -17,12 +17,14 @@ def closure_evaluator(
     backward_and_check: Callable[[Any, dict[str, Any]], None],
     backward_kwargs: dict[str, Any],
     optimizer: Optimizer,
+    returned: Callable[[Any], Any] | None = None,
 ) -> Callable[[], Any]:
     """The closure given to the wrapped optimizer's ``step``.
 
     It runs ``closure`` with gradients enabled; losses that require grad are back-propagated by
-    Jacobian descent (``backward_and_check``) and their detached sum is returned, as a torch
-    closure returns its loss; any other result (``None``, detached values) leaves the gradients
+    Jacobian descent (``backward_and_check``) and their detached sum is returned (or
+    ``returned(losses)``: the scalarized loss in scalarizer mode), as a torch closure returns
+    its loss; any other result (``None``, detached values) leaves the gradients
     the closure wrote, which must be finite.
     """
 
@@ -44,6 +46,6 @@ def closure_evaluator(
                 "descent), or call `opt.backward(losses)` in the closure and return detached "
                 "values or None."
             ) from error
-        return detached_sum(as_losses(result))
+        return detached_sum(as_losses(result)) if returned is None else returned(result)
 
     return evaluate

@@ -58,12 +58,15 @@ class Context:
 
 def build_context(
     param_groups: list[dict[str, Any]],
-    default_aggregator: Aggregator,
+    default_aggregator: Aggregator | None,
     parallel_chunk_size: int | None,
     sync: Sync,
     record_gramians: bool,
 ) -> Context:
-    """The context of one backward, from the optimizer's current parameter groups."""
+    """The context of one backward, from the optimizer's current parameter groups.
+
+    ``default_aggregator`` is None in scalarizer mode, which reads no aggregator.
+    """
     check_disjoint(param_groups, "optimizer")
     return Context(
         groups=[[p for p in group["params"] if p.requires_grad] for group in param_groups],

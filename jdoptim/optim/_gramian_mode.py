@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 import torch
 from torch import Tensor
@@ -121,3 +121,12 @@ def check_gramian_arguments(features: Any, grad_tensors: Any, aggregate: bool) -
                 f"`{name}` is not supported in Gramian mode (with `engine`); drop it or use "
                 "Jacobian mode."
             )
+
+
+def gramian_weighting_of(
+    aggregator: Any, weighting: Weighting | GeneralizedWeighting | None
+) -> Weighting | GeneralizedWeighting:
+    """The weighting of Gramian mode: ``weighting``, else the aggregator's Gramian weighting."""
+    if weighting is not None:
+        return weighting
+    return cast(Weighting, getattr(aggregator, "gramian_weighting"))  # noqa: B009

@@ -1,30 +1,34 @@
 """``JacobianOptimizer``: the ``torch.optim.Optimizer`` contract, argument checks and dispatch.
 
 The work of each mode is in its own module (``_jacobian_mode``, ``_multi_task_mode``,
-``_gramian_mode``, ``_accumulation``): each computes a :class:`~._plan.Plan` and writes nothing;
-this class runs it inside a :class:`~._transaction.Transaction` and writes it.
+``_gramian_mode``, ``_scalarizer_mode``, ``_accumulation``): each computes a
+:class:`~._plan.Plan` and writes nothing; this class runs it inside a
+:class:`~._transaction.Transaction` and writes it.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Any, cast
+from typing import Any
 
 from torch import Tensor
 from torch.optim import Optimizer
 
 from ..aggregation import Aggregator, GeneralizedWeighting, Weighting
-from ..autojac._checks import check_parallel_chunk_size
 from ..autojac._jac_fields import clear_jacs
-from ._accumulation import check_nothing_pending, check_rows, plan_accumulated
+from ..scalarization import Scalarizer
+from ._accumulation import (
+    check_aggregate_available,
+    check_nothing_pending,
+    check_rows,
+    plan_accumulated,
+)
 from ._checks import (
     as_losses,
-    check_aggregator,
+    check_arguments,
     check_devices,
     check_disjoint,
-    check_gramian_mode,
     check_group,
-    check_process_group,
     step_arguments,
 )
 from ._closure import closure_evaluator
@@ -32,11 +36,19 @@ from ._context import Context, build_context
 from ._diagnostics import GroupDiagnostics, diagnose
 from ._distributed import Sync
 from ._errors import check_finite_grads
-from ._gramian_mode import GramianEngine, check_gramian_arguments, plan_gramian
+from ._gramian_mode import (
+    GramianEngine,
+    check_gramian_arguments,
+    gramian_weighting_of,
+    plan_gramian,
+)
 from ._jacobian_mode import plan_jacobian
 from ._multi_task_mode import plan_multi_task
-from ._plan import Plan, write
+from ._plan import Plan, Records, write
+from ._scalarizer_mode import add_learned_parameters, check_scalarizer_arguments, plan_scalarized
+from ._scalarizer_step import closure_step
 from ._state import (
+    ModeModules,
     jdoptim_state,
     keep_aggregators_across_loads,
     load_jdoptim_state,
@@ -54,37 +66,10 @@ from ._transaction import Transaction
 Losses = Tensor | Sequence[Tensor]
 
 
-class _Runtime:
-    """Mutable per-step records, kept in one object so that every view of the optimizer shares
-    them (PyTorch Lightning wraps optimizers in objects that read, but do not write, our
-    attributes)."""
-
-    def __init__(self) -> None:
-        self.last_weights: tuple[Tensor | None, ...] = ()
-        self.gramians: tuple[Tensor | None, ...] = ()
-        # Whether everything the last backward wrote into .grad is known to be finite.
-        self.wrote_finite = False
-        # Whether Jacobians accumulated by backward(aggregate=False) await aggregate(), and the
-        # sum of their loss values (for aggregators that read them).
-        self.pending = False
-        self.pending_losses: Tensor | None = None
-
-    def record(self, plan: Plan) -> None:
-        if plan.weights or plan.gramians:
-            self.last_weights, self.gramians = plan.weights, plan.gramians
-        self.wrote_finite = plan.known_finite and not plan.jacs
-        if plan.jacs:
-            self.pending = True
-            previous, new = self.pending_losses, plan.losses
-            self.pending_losses = new if previous is None or new is None else previous + new
-
-    def clear_pending(self) -> None:
-        self.pending, self.pending_losses = False, None
-
-
 _PICKLED = (
     "_inner",
     "_aggregator",
+    "_scalarizer",
     "_weighting",
     "_engine",
     "_parallel_chunk_size",
@@ -107,7 +92,8 @@ class JacobianOptimizer(SharedAttributes, Optimizer):
     The wrapper **is** a :class:`torch.optim.Optimizer`: ``param_groups``, ``state`` and
     ``defaults`` are the wrapped optimizer's own objects, so LR schedulers, GradScaler and
     PyTorch Lightning work on it. Modes: Jacobian mode (default), multi-task mode
-    (``backward(losses, features=...)``) and Gramian mode (``engine`` given); gradient
+    (``backward(losses, features=...)``), Gramian mode (``engine`` given) and scalarizer mode
+    (``scalarizer`` given: one ordinary backward of ``scalarizer(losses)``); gradient
     accumulation, mixed precision, distributed training and failure safety are described in
     :doc:`/api/optimizer`.
 
@@ -115,7 +101,9 @@ class JacobianOptimizer(SharedAttributes, Optimizer):
         optimizer: the optimizer to wrap (SGD, Adam, AdamW, LBFGS, custom ones). Its parameter
             groups may carry an ``"aggregator"`` key.
         aggregator: the aggregator of the groups without an ``"aggregator"`` key; ``None``
-            means :class:`~jdoptim.aggregation.UPGrad`.
+            means :class:`~jdoptim.aggregation.UPGrad` (none in scalarizer mode).
+        scalarizer: a :class:`jdoptim.scalarization.Scalarizer`; selects scalarizer mode
+            (exclusive); its learned parameters missing from ``optimizer`` join it as a group.
         weighting: Gramian mode only: the weighting applied to the Gramian; default
             ``aggregator.gramian_weighting``.
         engine: an :class:`jdoptim.autogram.Engine` over the model; selects Gramian mode.
@@ -154,35 +142,26 @@ class JacobianOptimizer(SharedAttributes, Optimizer):
         optimizer: Optimizer,
         aggregator: Aggregator | None = None,
         *,
+        scalarizer: Scalarizer | None = None,
         weighting: Weighting | GeneralizedWeighting | None = None,
         engine: GramianEngine | None = None,
         parallel_chunk_size: int | None = None,
         process_group: Any = None,
     ) -> None:
-        if isinstance(optimizer, JacobianOptimizer) or not isinstance(optimizer, Optimizer):
-            raise TypeError(
-                "`optimizer` must be a torch.optim.Optimizer (not a JacobianOptimizer), but got "
-                f"{type(optimizer).__name__}."
-            )
-        if aggregator is None:
-            from ..aggregation import UPGrad
-
-            aggregator = UPGrad()
-        check_aggregator(aggregator, "aggregator")
-        check_gramian_mode(aggregator, weighting, engine)
-        check_parallel_chunk_size(parallel_chunk_size)
-        check_process_group(process_group)
+        aggregator = check_arguments(
+            optimizer, aggregator, scalarizer, weighting, engine, parallel_chunk_size, process_group
+        )
         self._inner = optimizer
         self._aggregator = aggregator
+        self._scalarizer = scalarizer
         self._weighting = weighting
         self._engine = engine
         self._parallel_chunk_size = parallel_chunk_size
         self._sync = Sync(process_group)
-        self._runtime = _Runtime()
+        self._runtime = Records()
         self.record_gramians = False
-        for index, group in enumerate(optimizer.param_groups):
-            check_group(group, f"`optimizer` parameter group {index}", engine is not None)
-        check_disjoint(optimizer.param_groups, "optimizer")
+        if scalarizer is not None:
+            add_learned_parameters(optimizer, scalarizer)
         self._setup()
 
     def _setup(self) -> None:
@@ -190,20 +169,24 @@ class JacobianOptimizer(SharedAttributes, Optimizer):
         keep_aggregators_across_loads(self._inner)
 
     @property
-    def aggregator(self) -> Aggregator:
-        """The aggregator of the parameter groups without an ``"aggregator"`` key."""
+    def aggregator(self) -> Aggregator | None:
+        """The aggregator of the groups without an ``"aggregator"`` key (None with a scalarizer)."""
         return self._aggregator
+
+    @property
+    def scalarizer(self) -> Scalarizer | None:
+        """The scalarizer of scalarizer mode, else ``None``."""
+        return self._scalarizer
 
     @property
     def last_weights(self) -> tuple[Tensor | None, ...]:
         """The weights used by the last aggregation, one entry per parameter group.
 
         ``None`` for a group whose aggregator is not weighted or that got no Jacobian; in
-        Gramian mode every group holds the same weights, of the shape of the losses.
+        Gramian and scalarizer modes every group holds the same weights, of the shape of the
+        losses (in scalarizer mode, the gradient of the scalarized loss with respect to them).
         """
         return self._runtime.last_weights
-
-    # -- public API ------------------------------------------------------------------------------
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
         """Adds a parameter group to the wrapped optimizer.
@@ -214,7 +197,9 @@ class JacobianOptimizer(SharedAttributes, Optimizer):
         """
         if not isinstance(param_group, dict):
             raise TypeError(f"`param_group` must be a dict, but got {type(param_group).__name__}.")
-        check_group(param_group, "`param_group`", self._engine is not None)
+        check_group(
+            param_group, "`param_group`", self._engine is not None, self._scalarizer is not None
+        )
         params = param_group.get("params")
         if params is not None and not isinstance(params, (Tensor, set)):
             # A generator (e.g. ``module.parameters()``) is read once, here and by torch alike.
@@ -246,7 +231,9 @@ class JacobianOptimizer(SharedAttributes, Optimizer):
           :meth:`backward` (with ``backward_kwargs``) and their detached sum is returned to the
           wrapped optimizer; when it returns ``None`` (or values not requiring grad), the
           gradients it left are used as they are. As in torch, the closure should call
-          :meth:`zero_grad`.
+          :meth:`zero_grad`. Scalarizer mode returns the scalarized loss, and after the step
+          gives FAMO (a scalarizer with ``update``) the closure's losses under
+          :func:`torch.no_grad` (if that raises, the step stays applied).
 
         If anything raises, parameters, ``.grad``, the wrapped optimizer's state and the
         aggregators' state are as before the call.
@@ -261,12 +248,17 @@ class JacobianOptimizer(SharedAttributes, Optimizer):
         losses, closure = step_arguments(losses, closure, backward_kwargs)
         check_nothing_pending(self._runtime.pending, "step")
         if closure is not None:
-            evaluate = closure_evaluator(closure, self._backward_and_check, backward_kwargs, self)
+            scalarized = None if self._scalarizer is None else (lambda _: self._runtime.value)
+            evaluate = closure_evaluator(
+                closure, self._backward_and_check, backward_kwargs, self, scalarized
+            )
             # Torch's other optimizers evaluate the closure once, first: only LBFGS and unknown
             # optimizers may re-run it after changing the parameters, so only they need a copy.
             once = type(self._inner) in VALIDATING_OPTIMIZERS
-            with self._transaction(params=not once, inner_state=not once):
-                return self._inner.step(evaluate)
+            transaction = self._transaction(params=not once, inner_state=not once)
+            return closure_step(
+                self._inner, evaluate, transaction, self._scalarizer, closure, self._sync
+            )
         if losses is None:
             with self._transaction():
                 check_finite_grads(self.param_groups, False)
@@ -300,6 +292,9 @@ class JacobianOptimizer(SharedAttributes, Optimizer):
             aggregate: ``False`` accumulates the Jacobian into ``.jac`` instead (gradient
                 accumulation; see :doc:`/examples/gradient_accumulation`): call
                 :meth:`aggregate` once after the last micro-batch. Not in Gramian mode.
+
+        Scalarizer mode back-propagates ``scalarizer(losses)`` instead (the losses stacked, or
+        concatenated when their shapes differ), reaching its learned parameters too.
 
         The weights are then in :attr:`last_weights`. Nothing is written if it raises; a
         non-finite Jacobian writes NaN gradients (a GradScaler then skips the step). Two calls
@@ -340,11 +335,7 @@ class JacobianOptimizer(SharedAttributes, Optimizer):
             >>> weight.grad
             tensor([0.7500, 0.7500])
         """
-        if self._engine is not None:
-            raise ValueError(
-                "`aggregate` is not available in Gramian mode (with `engine`): gradient "
-                "accumulation of Jacobians needs Jacobian mode."
-            )
+        check_aggregate_available(self._engine is not None, self._scalarizer is not None)
         with self._transaction():
             plan = plan_accumulated(self._context(), self._runtime.pending_losses)
             write(plan)
@@ -356,7 +347,8 @@ class JacobianOptimizer(SharedAttributes, Optimizer):
 
         Computed on request from the Gramians recorded during :meth:`backward` (recorded for
         free by Gramian-weighted aggregators and in Gramian mode; other aggregators record one
-        only when :attr:`record_gramians` is set). ``None`` for groups without a Gramian.
+        only when :attr:`record_gramians` is set). ``None`` for groups without a Gramian, and
+        for every group in scalarizer mode.
 
         Example:
             >>> import torch
@@ -389,9 +381,7 @@ class JacobianOptimizer(SharedAttributes, Optimizer):
             self,
             lambda: {
                 **self._inner.state_dict(),
-                "jdoptim": jdoptim_state(
-                    self._aggregator, self._weighting, self.param_groups, self._sync
-                ),
+                "jdoptim": jdoptim_state(self._modules(), self.param_groups, self._sync),
             },
         )
 
@@ -407,9 +397,7 @@ class JacobianOptimizer(SharedAttributes, Optimizer):
             with self._transaction(inner_state=True):
                 self._inner.load_state_dict(state_dict)
                 if extra is not None:
-                    load_jdoptim_state(
-                        extra, self._aggregator, self._weighting, self.param_groups, self._sync
-                    )
+                    load_jdoptim_state(extra, self._modules(), self.param_groups, self._sync)
 
         load_with_hooks(self, state_dict, load)
 
@@ -418,19 +406,18 @@ class JacobianOptimizer(SharedAttributes, Optimizer):
         return {key: self.__dict__[key] for key in _PICKLED}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__dict__.update(state)
-        self._runtime = _Runtime()
+        self.__dict__.update({"_scalarizer": None, **state})
+        self._runtime = Records()
         self._setup()
 
     def __repr__(self) -> str:
         inner = "\n    ".join(repr(self._inner).splitlines())
-        parts = [inner, f"aggregator={self._aggregator!r}"]
+        mode = "aggregator" if self._scalarizer is None else "scalarizer"
+        parts = [inner, f"{mode}={getattr(self, f'_{mode}')!r}"]
         if self._engine is not None:
-            parts.append(f"weighting={self._gramian_weighting()!r}")
+            parts.append(f"weighting={gramian_weighting_of(self._aggregator, self._weighting)!r}")
             parts.append(f"engine={self._engine!r}")
         return "JacobianOptimizer(\n    " + ",\n    ".join(parts) + "\n)"
-
-    # -- dispatch ---------------------------------------------------------------------------------
 
     def _plan(
         self,
@@ -443,10 +430,17 @@ class JacobianOptimizer(SharedAttributes, Optimizer):
         loss_list = as_losses(losses)
         context = self._context()
         check_devices(loss_list, context.params)
+        if self._scalarizer is not None:
+            check_scalarizer_arguments(features, grad_tensors, aggregate)
+            return plan_scalarized(self._scalarizer, context, loss_list, retain_graph)
         if self._engine is not None:
             check_gramian_arguments(features, grad_tensors, aggregate)
             return plan_gramian(
-                self._engine, self._gramian_weighting(), context.groups, loss_list, retain_graph
+                self._engine,
+                gramian_weighting_of(self._aggregator, self._weighting),
+                context.groups,
+                loss_list,
+                retain_graph,
             )
         if features is None:
             plan = plan_jacobian(context, loss_list, grad_tensors, retain_graph, aggregate)
@@ -458,25 +452,16 @@ class JacobianOptimizer(SharedAttributes, Optimizer):
         return plan
 
     def _context(self) -> Context:
-        return build_context(
-            self.param_groups,
-            self._aggregator,
-            self._parallel_chunk_size,
-            self._sync,
-            self.record_gramians,
-        )
+        groups, chunk = self.param_groups, self._parallel_chunk_size
+        return build_context(groups, self._aggregator, chunk, self._sync, self.record_gramians)
 
-    def _gramian_weighting(self) -> Weighting | GeneralizedWeighting:
-        if self._weighting is not None:
-            return self._weighting
-        return cast(Weighting, getattr(self._aggregator, "gramian_weighting"))  # noqa: B009
-
-    # -- transactions and checks ------------------------------------------------------------------
+    def _modules(self) -> ModeModules:
+        return ModeModules(self._aggregator, self._weighting, self._scalarizer)
 
     def _transaction(self, *, params: bool = False, inner_state: bool = False) -> Transaction:
         return Transaction(
             self._inner,
-            stateful_modules(self._aggregator, self._weighting, self.param_groups),
+            stateful_modules(self._modules(), self.param_groups),
             self._sync.shared_random,
             params=params,
             inner_state=inner_state,

@@ -32,6 +32,7 @@ class Plan:
             :func:`write` after the pairs.
         losses: the ``[m]`` loss values of the Jacobian's rows (detached), kept for a gradient
             accumulation whose aggregator reads them.
+        value: the scalarized loss, detached (scalarizer mode), or ``None``.
     """
 
     grads: list[tuple[Tensor, Tensor]] = field(default_factory=list)
@@ -42,6 +43,7 @@ class Plan:
     known_finite: bool = False
     backward: Callable[[], None] | None = None
     losses: Tensor | None = None
+    value: Tensor | None = None
 
 
 def write(plan: Plan) -> None:
@@ -57,3 +59,36 @@ def write(plan: Plan) -> None:
             delete_jac(param)
     if plan.backward is not None:
         plan.backward()
+
+
+class Records:
+    """What the optimizer remembers of the plans it wrote: weights, Gramians, pending accumulation.
+
+    Kept in one object so that every view of the optimizer shares them (PyTorch Lightning wraps
+    optimizers in objects that read, but do not write, our attributes).
+    """
+
+    def __init__(self) -> None:
+        self.last_weights: tuple[Tensor | None, ...] = ()
+        self.gramians: tuple[Tensor | None, ...] = ()
+        # The scalarized loss of the last backward (scalarizer mode).
+        self.value: Tensor | None = None
+        # Whether everything the last backward wrote into .grad is known to be finite.
+        self.wrote_finite = False
+        # Whether Jacobians accumulated by backward(aggregate=False) await aggregate(), and the
+        # sum of their loss values (for aggregators that read them).
+        self.pending = False
+        self.pending_losses: Tensor | None = None
+
+    def record(self, plan: Plan) -> None:
+        if plan.weights or plan.gramians:
+            self.last_weights, self.gramians = plan.weights, plan.gramians
+        self.value = plan.value
+        self.wrote_finite = plan.known_finite and not plan.jacs
+        if plan.jacs:
+            self.pending = True
+            previous, new = self.pending_losses, plan.losses
+            self.pending_losses = new if previous is None or new is None else previous + new
+
+    def clear_pending(self) -> None:
+        self.pending, self.pending_losses = False, None

@@ -36,6 +36,12 @@ EXPECTED_ROWS = [
     ("JacobianOptimizer MLP m=2", "hand-written"),
     ("JacobianOptimizer MLP m=2", "JacobianOptimizer"),
     ("JacobianOptimizer MLP m=2", "summed"),
+    ("scalarizer MLP m=2", "summed"),
+    ("scalarizer MLP m=2", "Mean"),
+    ("scalarizer MLP m=2", "Random"),
+    ("scalarizer MLP m=2", "UW"),
+    ("scalarizer MLP m=2", "DWA"),
+    ("scalarizer MLP m=2", "FAMO"),
 ]
 
 

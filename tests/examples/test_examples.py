@@ -160,3 +160,19 @@ def test_gradient_accumulation_equals_the_whole_batch(capsys: pytest.CaptureFixt
     assert "4 micro-batches" in capsys.readouterr().out
     whole, accumulated = results["whole batch"], results["4 micro-batches"]
     assert accumulated == pytest.approx(whole, rel=1e-4)
+
+
+def test_loss_weighting(capsys: pytest.CaptureFixture[str]) -> None:
+    histories = run_example("loss_weighting", "--steps", "30")
+    output = capsys.readouterr().out
+    assert "final / initial loss of each task" in output and "UW log-variances" in output
+    assert list(histories) == ["UPGrad", "FAMO", "UW"]
+    for history in histories.values():
+        assert len(history) == 31 and all(len(losses) == 3 for losses in history)
+        assert all(math.isfinite(loss) for losses in history for loss in losses)
+    for method in ("UPGrad", "UW"):
+        first, last = histories[method][0], histories[method][-1]
+        assert all(after < before for before, after in zip(first, last, strict=True))
+    # FAMO descends on the sum of the log-losses, the objective its weights follow.
+    first, last = histories["FAMO"][0], histories["FAMO"][-1]
+    assert sum(math.log(loss) for loss in last) < sum(math.log(loss) for loss in first)

@@ -109,7 +109,7 @@ ALL_CASES = [
     MOCO,
 ]
 
-#: SPEC §2: the aggregators whose output cannot be backpropagated through.
+#: The aggregators whose output cannot be backpropagated through (solvers outside autograd).
 NON_DIFFERENTIABLE = {
     "CAGrad",
     "ConFIG",
@@ -126,7 +126,7 @@ NON_DIFFERENTIABLE = {
     "MoCo",
 }
 
-#: SPEC §2's table: the aggregators with a Gramian weighting.
+#: The aggregators of the form Jᵀ W(J Jᵀ): those with a Gramian weighting.
 GRAMIAN_WEIGHTED = {
     "UPGrad",
     "DualProj",

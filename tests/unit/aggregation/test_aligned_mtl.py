@@ -1,4 +1,4 @@
-"""AlignedMTL and AlignedMTLWeighting (SPEC §2, Appendix A)."""
+"""AlignedMTL and AlignedMTLWeighting against their definition in the Aligned-MTL paper."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""Behaviour shared by every aggregator and weighting (SPEC §2, "Rules for all of them")."""
+"""Behaviour every aggregator and weighting owes its users: positional input, hooks, state dicts,
+dtypes, devices, edge shapes and the errors of bad input."""
 
 from __future__ import annotations
 

@@ -10,8 +10,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import Tensor
 
-from jdoptim.aggregation import _dual_cone
-from jdoptim.aggregation._dual_cone import solve_dual_cone
+from jdoptim.aggregation._dual_cone import DualConeSolverError, _registry, solve_dual_cone
+from jdoptim.aggregation._dual_cone._closed_form import solve_closed_form
+from jdoptim.aggregation._dual_cone._jitter import ladder
+from jdoptim.aggregation._dual_cone._preprocess import prepare
+from jdoptim.aggregation._dual_cone._problem import Problem
 
 # Contract tests that every dual-cone solver must pass.
 SOLVERS = pytest.mark.parametrize("solver", ["quadprog", "torch"])
@@ -206,35 +209,93 @@ def test_lower_bounds_of_the_wrong_width_are_rejected() -> None:
         solve_dual_cone(torch.eye(2), torch.zeros(2, 3), "quadprog")
 
 
-def test_indefinite_matrix_is_rejected() -> None:
+@SOLVERS
+def test_indefinite_matrix_is_rejected(solver: str) -> None:
     # Eigenvalues 51 and -49: no jitter up to max(diag) · I makes it positive definite.
     matrix = torch.tensor([[1.0, 50.0], [50.0, 1.0]])
 
     with pytest.raises(ValueError, match=r"gramian.*positive semi-definite"):
-        solve_dual_cone(matrix, torch.tensor([[1.0, -1.0]]), "quadprog")
+        solve_dual_cone(matrix, torch.tensor([[1.0, -1.0]]), solver)
+
+
+@SOLVERS
+def test_every_solver_raises_the_same_error(solver: str) -> None:
+    matrix = torch.tensor([[1.0, 50.0], [50.0, 1.0]], dtype=torch.float64)
+
+    with pytest.raises(DualConeSolverError):
+        solve_dual_cone(matrix, torch.eye(2, dtype=torch.float64), solver)
+
+
+def _first_jitter(gramian: Tensor) -> float:
+    problem = prepare(gramian, torch.eye(gramian.shape[0], dtype=gramian.dtype))
+    assert isinstance(problem, Problem)
+    return ladder(problem)[0]
+
+
+def test_the_first_jitter_follows_the_precision_of_the_input_dtype() -> None:
+    # Smallest eigenvalue 2⁻²³ ≈ 1.2e-7: far above float64's rounding noise (m·ε₆₄ ≈ 4.4e-16),
+    # within float32's (m·ε₃₂ ≈ 2.4e-7), even though the solvers compute in float64.
+    off_diagonal = 1.0 - 2.0**-23
+    gramian = torch.tensor([[1.0, off_diagonal], [off_diagonal, 1.0]], dtype=torch.float64)
+
+    assert _first_jitter(gramian) == 0.0
+    float32_noise = 2 * torch.finfo(torch.float32).eps
+    assert _first_jitter(gramian.float()) == 2 * float32_noise
+
+
+def test_a_singular_float64_gramian_gets_the_smallest_jitter() -> None:
+    jacobian = torch.randn(30, 10, dtype=torch.float64)
+
+    first = _first_jitter(jacobian @ jacobian.T)
+
+    # max(2 m ε₆₄, 10⁶ ε₆₄): the float64 solves stay accurate in the directions where G vanishes.
+    assert first == 1e6 * torch.finfo(torch.float64).eps
+
+
+@SOLVERS
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_singular_gramians_are_solved_up_to_the_precision_of_their_dtype(
+    solver: str, dtype: torch.dtype
+) -> None:
+    generator = torch.Generator().manual_seed(7)
+    jacobian = torch.randn(12, 5, generator=generator, dtype=torch.float64)
+    gramian = (jacobian @ jacobian.T).to(dtype)
+    lower_bounds = torch.eye(12, dtype=dtype) / 12
+
+    solutions = solve_dual_cone(gramian, lower_bounds, solver).double()
+
+    # KKT of G + δI with δ the first jitter: (G v)_i ≥ -δ · 2 G_ii v_i, plus rounding.
+    jitter = _first_jitter(gramian)
+    exact = jacobian @ jacobian.T
+    assert (solutions >= lower_bounds.double()).all()
+    products = solutions @ exact
+    norms = exact.diagonal().sqrt()
+    scale = norms * (solutions.abs() * norms).sum(dim=1, keepdim=True)
+    rounding = 10 * torch.finfo(dtype).eps * 12
+    assert (products >= -(2 * jitter + rounding) * scale).all()
 
 
 def test_auto_solver_uses_closed_forms_then_quadprog_for_small_cpu_problems_and_torch_otherwise(
     monkeypatch,
 ) -> None:
     calls: list[str] = []
-    closed_form = _dual_cone._solve_closed_form
+    closed_form = solve_closed_form
     monkeypatch.setattr(
-        _dual_cone,
-        "_solve_closed_form",
+        _registry,
+        "solve_closed_form",
         lambda g, u: calls.append("closed form") or closed_form(g, u),
     )
     monkeypatch.setattr(
-        _dual_cone,
-        "_solve_with_quadprog",
-        lambda g, u: calls.append("quadprog") or torch.zeros_like(u),
+        _registry,
+        "solve_with_quadprog",
+        lambda g, u, **_: calls.append("quadprog") or torch.zeros_like(u),
     )
     monkeypatch.setattr(
-        _dual_cone,
+        _registry,
         "solve_dual_cone_torch",
-        lambda g, u: calls.append("torch") or torch.zeros_like(u),
+        lambda g, u, **_: calls.append("torch") or torch.zeros_like(u),
     )
-    for m in (1, 2, 3, _dual_cone._AUTO_QUADPROG_MAX_M, _dual_cone._AUTO_QUADPROG_MAX_M + 1):
+    for m in (1, 2, 3, _registry._AUTO_QUADPROG_MAX_M, _registry._AUTO_QUADPROG_MAX_M + 1):
         solve_dual_cone(
             torch.eye(m, dtype=torch.float64), torch.eye(m, dtype=torch.float64), "auto"
         )
@@ -244,6 +305,13 @@ def test_auto_solver_uses_closed_forms_then_quadprog_for_small_cpu_problems_and_
     for gramian in (torch.ones(2, 2), torch.tensor([[1.0, 0.0], [0.0, float("nan")]])):
         solve_dual_cone(gramian.double(), torch.eye(2, dtype=torch.float64), "auto")
     assert calls == ["closed form", "quadprog", "closed form", "quadprog"]
+    # Beyond, a singular G goes to quadprog (solving in its range) up to a larger size.
+    calls.clear()
+    for m in (_registry._AUTO_QUADPROG_MAX_M + 1, _registry._AUTO_SINGULAR_QUADPROG_MAX_M + 1):
+        solve_dual_cone(
+            torch.ones(m, m, dtype=torch.float64), torch.eye(m, dtype=torch.float64), "auto"
+        )
+    assert calls == ["quadprog", "torch"]
 
 
 @pytest.mark.parametrize("m", [3, 30])
@@ -288,7 +356,7 @@ def test_closed_forms_of_one_and_two_objectives_match_quadprog(
     expected = solve_dual_cone(gramian, bounds, "quadprog")
 
     assert auto.shape == bounds.shape and auto.dtype == gramian.dtype
-    if _dual_cone._solve_closed_form(gramian, bounds) is None:
+    if solve_closed_form(gramian, bounds) is None:
         # A singular G (no regularisation, rank one): quadprog and its jitter decide.
         assert torch.equal(auto, expected)
         return
@@ -307,3 +375,20 @@ def test_closed_forms_of_one_and_two_objectives_match_quadprog(
     if reg_eps >= 1e-4:
         error_scale = torch.maximum(expected.abs().amax(), bounds.abs().amax())
         assert (auto - expected).abs().max() <= 1e-6 * error_scale
+
+
+@pytest.mark.parametrize(("m", "n"), [(12, 5), (30, 10), (60, 20)])
+def test_quadprog_solves_a_singular_gramian_exactly_in_its_range(m: int, n: int) -> None:
+    generator = torch.Generator().manual_seed(m)
+    jacobian = torch.randn(m, n, generator=generator, dtype=torch.float64)
+    gramian = jacobian @ jacobian.T
+    lower_bounds = torch.eye(m, dtype=torch.float64) / m
+
+    solutions = solve_dual_cone(gramian, lower_bounds, "quadprog")
+
+    # No jitter: the optimality conditions of G itself hold to rounding, far below the bound
+    # 2 · 2.2e-10 that the smallest jitter would leave.
+    assert (solutions >= lower_bounds).all()
+    norms = gramian.diagonal().sqrt()
+    scale = norms * (solutions * norms).sum(dim=1, keepdim=True)
+    assert (solutions @ gramian >= -1e-12 * scale).all()

@@ -18,10 +18,10 @@ from hypothesis import strategies as st
 from torch import Tensor
 
 from jdoptim.aggregation import DualProjWeighting, UPGradWeighting
-from jdoptim.aggregation import _dual_cone_torch as dual_cone_torch
 from jdoptim.aggregation._checks import normalize
-from jdoptim.aggregation._dual_cone import solve_dual_cone
-from jdoptim.aggregation._dual_cone_torch import (
+from jdoptim.aggregation._dual_cone import (
+    _torch_blocks,
+    solve_dual_cone,
     solve_dual_cone_torch,
     solve_dual_cone_torch_with_info,
 )
@@ -219,7 +219,7 @@ def test_chunked_factorisations_match_one_batch(monkeypatch: pytest.MonkeyPatch)
     one_batch = solve_dual_cone_torch(gramian, lower_bounds)
 
     # Room for a handful of systems per chunk: the problems are sorted by size and split.
-    monkeypatch.setattr(dual_cone_torch, "_CHUNK_ENTRIES", 5 * 24 * 24)
+    monkeypatch.setattr(_torch_blocks, "_CHUNK_ENTRIES", 5 * 24 * 24)
     chunked = solve_dual_cone_torch(gramian, lower_bounds)
 
     torch.testing.assert_close(chunked, one_batch, rtol=1e-12, atol=1e-15)

@@ -1,4 +1,4 @@
-"""IMTLG and IMTLGWeighting (SPEC §2, Appendix A)."""
+"""IMTLG and IMTLGWeighting against their definition in the IMTL paper."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""MGDA and MGDAWeighting (SPEC §2, Appendix A)."""
+"""MGDA and MGDAWeighting against their definition (Frank–Wolfe on the simplex)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""The properties of SPEC §2, checked on many random matrices (see ``_matrices.py``).
+"""The properties the aggregators promise (non-conflict, linearity, permutation and scale
+behaviour), checked on many random matrices (see ``_matrices.py``).
 
 Tolerances are scale-aware: they are stated relative to the norms of the rows, and derived from
 the regularisation of the aggregator (``reg_eps``, ``norm_eps``, ``epsilon``) plus the rounding
@@ -38,7 +39,7 @@ from hypothesis import given, note, settings
 from hypothesis import strategies as st
 from torch import Tensor
 
-#: Defaults of SPEC §2, which the aggregators under test are built with.
+#: The documented defaults, which the aggregators under test are built with.
 NORM_EPS = 1e-4
 REG_EPS = 1e-4
 MGDA_EPSILON = 1e-3

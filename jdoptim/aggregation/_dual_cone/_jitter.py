@@ -1,0 +1,150 @@
+r"""The jitter ladder shared by the dual-cone solvers, and the precision it follows.
+
+A solver may fail on ``G`` (rescaled by :mod:`._preprocess` to a diagonal in ``[1/2, 2]``):
+quadprog's dual path needs an accurately invertible ``G``, the pivoting of the torch solver can
+meet a singular free block. Each then retries on ``G + δI`` for the next ``δ`` of one ladder,
+which ends with ``δ = 1`` (``G + I`` is well conditioned for every positive semi-definite ``G``).
+Rungs where ``G + δI`` is not positive definite are skipped; if none is left the matrix is not a
+Gramian and :class:`DualConeSolverError` is raised.
+
+Where the ladder starts follows the precision of the caller's Gramian, not the float64 in which
+the solvers compute. A Gramian of dtype ``d`` carries rounding errors of about
+``ε_d = finfo(d).eps`` relative to its rows' norms, so its eigenvalues (after the rescaling) are
+uncertain by up to ``τ = m · ε_d``: ``G`` is *numerically singular* when ``G - τI`` is not
+positive definite (one Cholesky). A float32 Gramian converted to float64 keeps the float32
+``τ``, so float32 rounding noise is never taken for curvature.
+
+- ``G`` numerically positive definite (UPGrad and DualProj with ``reg_eps > 0``, unless a
+  float32 Gramian has ``m ε₃₂`` above about ``reg_eps / 2``): the ladder starts at ``δ = 0``, the
+  exact problem.
+- ``G`` numerically singular (``reg_eps = 0`` with rank-deficient or ``m > n`` Jacobians): the
+  ladder starts at ``δ₀ = max(2τ, 10⁶ ε₆₄)``. ``G + δ₀I`` is positive definite whatever the
+  rounding noise, and the ``10⁶ ε₆₄ ≈ 2.2·10⁻¹⁰`` bound keeps the float64 solves accurate to about
+  ``10⁻⁶`` in the directions where ``G`` vanishes. The solution ``v`` of ``G + δ₀I`` satisfies
+  the optimality condition ``(G + δ₀I) v ≥ 0``; undoing the rescaling ``s_j²`` (within a factor
+  two of the caller's ``G_jj = ‖g_j‖²``), ``(G v)_j ≥ -2 δ₀ ‖g_j‖² v_j``: non-conflict, row by
+  row, up to about ``4.4·10⁻¹⁰`` relative in float64 and ``4 m ε₃₂`` in float32 (the precision
+  of the input itself).
+
+(quadprog does not use the ladder for a numerically singular ``G``: it solves it exactly in
+its range, and falls back to the ladder only if that fails.) The rungs after the first are only
+for the solvers: when a solver succeeds on a later rung, the
+answer is *polished* back to the first one by the torch solver's pivoting started from that
+answer's free indices (a primal method that needs no inverse of ``G``), so that the guarantee
+above holds whichever solver ran.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import NamedTuple
+
+import torch
+from torch import Tensor
+
+from ._errors import not_a_gramian
+from ._problem import Problem
+
+# Smallest first rung of a numerically singular G: below it, rounding in float64 solves is
+# amplified by more than 1 / (10⁶) in the directions where G vanishes.
+_MIN_JITTER = 1e6 * torch.finfo(torch.float64).eps
+# Each rung is this many times the previous one, up to 1.
+_RUNG_FACTOR = 100.0
+
+
+class Attempt(NamedTuple):
+    """What a solver returned on one rung: the solutions (NaN where it failed), the steps it
+    took and whether it converged."""
+
+    solution: Tensor
+    iterations: int
+    converged: bool
+
+    @property
+    def succeeded(self) -> bool:
+        return self.converged and bool(torch.isfinite(self.solution).all())
+
+
+#: A solver on one rung: ``(jittered G, lower bounds) -> Attempt``.
+Core = Callable[[Tensor, Tensor], Attempt]
+#: Polishes a solution on a coarser rung: ``(G on the first rung, lower bounds, solution)``.
+Polish = Callable[[Tensor, Tensor, Tensor], Attempt]
+
+
+def noise_level(dtype: torch.dtype, m: int) -> float:
+    """``τ = m · ε``: how much rounding in a Gramian of ``dtype`` may move its eigenvalues,
+    relative to its (rescaled, unit-order) diagonal."""
+    return m * torch.finfo(dtype).eps
+
+
+def is_numerically_singular(gramian: Tensor, noise: float) -> bool:
+    """Whether the smallest eigenvalue of ``gramian`` is within ``noise`` of zero (or below)."""
+    identity = torch.eye(gramian.shape[0], device=gramian.device, dtype=gramian.dtype)
+    _, info = torch.linalg.cholesky_ex(gramian - noise * identity)
+    return bool(info != 0)
+
+
+def first_jitter(gramian: Tensor, input_dtype: torch.dtype) -> float:
+    """The first rung for ``gramian`` (rescaled, float64) given as ``input_dtype``: ``0``
+    unless it is numerically singular, then ``δ₀ = max(2τ, 10⁶ ε₆₄)``."""
+    noise = noise_level(input_dtype, gramian.shape[0])
+    if not is_numerically_singular(gramian, noise):
+        return 0.0
+    return max(2.0 * noise, _MIN_JITTER)
+
+
+def ladder(problem: Problem) -> tuple[float, ...]:
+    """The jitters to try in turn on ``problem``; the first is the problem actually solved."""
+    first = problem.first_jitter
+    jitter = first * _RUNG_FACTOR if first > 0.0 else _MIN_JITTER
+    rungs = [first]
+    while jitter < 1.0:
+        rungs.append(jitter)
+        jitter *= _RUNG_FACTOR
+    rungs.append(1.0)
+    return tuple(rungs)
+
+
+def jittered(gramian: Tensor, jitter: float) -> Tensor:
+    """``G + jitter · I`` (``G`` itself for a zero jitter)."""
+    if jitter == 0.0:
+        return gramian
+    identity = torch.eye(gramian.shape[0], device=gramian.device, dtype=gramian.dtype)
+    return gramian + jitter * identity
+
+
+def _is_positive_definite(gramian: Tensor) -> bool:
+    return bool(torch.linalg.cholesky_ex(gramian)[1] == 0)
+
+
+def solve_on_ladder(problem: Problem, core: Core, polish: Polish | None) -> Attempt:
+    """Runs ``core`` on each rung in turn until it succeeds; an answer from a later rung is
+    polished back to the first. Rungs where ``G + δI`` is not positive definite are skipped, so
+    that no solver is given a non-convex problem. Raises :class:`DualConeSolverError` if every
+    rung fails (only for a matrix far from positive semi-definite); a last attempt that is
+    finite but did not converge (the torch solver's cap on its steps) is returned as it is."""
+    rungs = ladder(problem)
+    iterations = 0
+    attempt: Attempt | None = None
+    first: Tensor | None = None  # G on the first rung where it is positive definite
+    for jitter in rungs:
+        gramian = jittered(problem.gramian, jitter)
+        # A zero first rung was chosen because G - τI is positive definite: no check needed.
+        if jitter > 0.0 and not _is_positive_definite(gramian):
+            continue
+        first = gramian if first is None else first
+        attempt = core(gramian, problem.lower_bounds)
+        iterations += attempt.iterations
+        if not attempt.succeeded:
+            continue
+        if gramian is not first and polish is not None:
+            polished = polish(first, problem.lower_bounds, attempt.solution)
+            iterations += polished.iterations
+            if polished.succeeded:
+                attempt = polished
+        return Attempt(attempt.solution, iterations, True)
+    if attempt is None:
+        raise not_a_gramian("it is not positive definite")
+    if bool(torch.isfinite(attempt.solution).all()):
+        return Attempt(attempt.solution, iterations, False)
+    raise not_a_gramian("no jitter made it solvable")

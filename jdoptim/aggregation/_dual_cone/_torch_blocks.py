@@ -1,0 +1,224 @@
+"""The linear systems of the torch dual-cone solver: one per problem and per free set.
+
+Every step of the pivoting solves, for each pending problem, ``min vᵀGv`` with ``v = u`` on the
+active indices: ``G_FF v_F = -G_FA u_A``. On accelerators all ``k`` problems are solved at full
+size, masked (:func:`solve_free_masked`); on the CPU each problem factorises only its smaller
+block, in one batched Cholesky (:class:`CompactSolver`), with workspaces kept per thread.
+"""
+
+from __future__ import annotations
+
+import threading
+
+import torch
+from torch import Tensor
+
+#: Largest entry of ``K G - I`` for which the inverse ``K`` of the Gramian is used to solve the
+#: free-set systems through their active blocks (one refinement step then recovers full accuracy).
+_INVERSE_ACCURACY = 1e-8
+
+#: Estimated relative error of a solve through the inverse above which a refinement step follows.
+_REFINEMENT_THRESHOLD = 1e-10
+
+#: Entries of the systems factorised together in one batched call (32 systems of 64 × 64).
+_CHUNK_ENTRIES = 32 * 64 * 64
+
+# Workspaces of the CPU solver, per thread, kept from one call to the next: fresh ones at every
+# call are big enough for the allocator to map new pages each time, and those page faults cost
+# more than the factorisations at m = 64. Only those up to _MAX_CACHED_BYTES are kept (the
+# chunked systems take at most 1 MiB each; the stacked matrices reach it at m = 128).
+_WORKSPACES = threading.local()
+_MAX_CACHED_BYTES = 1 << 20
+
+
+def _workspace(name: str, numel: int, dtype: torch.dtype, device: torch.device) -> Tensor:
+    """A flat tensor of ``numel`` entries for ``name``, reused by every call on this thread
+    (a fresh one when it would exceed ``_MAX_CACHED_BYTES``)."""
+    if numel * dtype.itemsize > _MAX_CACHED_BYTES:
+        return torch.empty(numel, device=device, dtype=dtype)
+    buffers: dict[tuple[str, torch.dtype, torch.device], Tensor] | None = getattr(
+        _WORKSPACES, "buffers", None
+    )
+    if buffers is None:
+        buffers = {}
+        _WORKSPACES.buffers = buffers
+    key = (name, dtype, device)
+    buffer = buffers.get(key)
+    if buffer is None or buffer.numel() < numel:
+        # A normal tensor even under inference_mode, so that later calls outside it may write.
+        with torch.inference_mode(False):
+            buffer = torch.empty(numel, device=device, dtype=dtype)
+        buffers[key] = buffer
+    return buffer[:numel]
+
+
+def solve_free_masked(g: Tensor, u: Tensor, free: Tensor) -> Tensor:
+    """Minimises vᵀGv with v = u on the active indices, for all problems at full size [m, m]."""
+    m = g.shape[0]
+    fixed = torch.where(free, 0.0, u)
+    both_free = free.unsqueeze(2) & free.unsqueeze(1)
+    eye = torch.eye(m, device=g.device, dtype=torch.bool)
+    system = torch.where(both_free, g, eye.to(g.dtype))
+    rhs = torch.where(free, -(fixed @ g), 0.0)
+    free_values, _ = torch.linalg.solve_ex(system, rhs)
+    return torch.where(free, free_values, u)
+
+
+class CompactSolver:
+    """Solves the free-set systems of the pending problems, each through its smaller block.
+
+    The problem with active set ``A`` (``v_A = u_A``) and free set ``F`` has the solution
+    ``v_F = -G_FF⁻¹ G_FA u_A``, or equivalently ``v = K_{:A} K_AA⁻¹ u_A`` with ``K = G⁻¹`` (the
+    multipliers ``K_AA⁻¹ u_A`` are ``(G v)_A``). All problems share ``G``, so ``K`` is computed
+    once, and each problem factorises the smaller of ``G_FF`` and ``K_AA`` (at most ``m / 2``).
+    ``K`` is used to solve only when ``‖K G − I‖`` shows it accurate (not on a nearly singular
+    ``G``), and a step of iterative refinement with the exact ``G`` follows where the estimated
+    error of the solve through ``K`` could show. An inaccurate ``K`` (``G`` positive definite but
+    nearly singular) still guides the first guess of the free sets (``has_guide``).
+
+    Blocks are read from ``diag(G, I)`` or ``diag(K, I)`` so that padding costs no extra pass: a
+    padding slot ``p`` reads index ``m + p`` (a one on the diagonal). Those matrices live in this
+    thread's workspace: an instance is used only until the next one is made on the same thread.
+    """
+
+    def __init__(self, gramian: Tensor, lower_bounds: Tensor) -> None:
+        m = gramian.shape[0]
+        self.m = m
+        self.gramian = gramian
+        self.lower_bounds = lower_bounds
+        self.slots = torch.arange(m, device=gramian.device)
+        # diag(G, I) and diag(K, I), one after the other in one flat tensor: every block of every
+        # problem is read from there.
+        stacked = _workspace("stacked", 8 * m * m, gramian.dtype, gramian.device)
+        stacked = stacked.view(2, 2 * m, 2 * m).zero_()
+        stacked.diagonal(dim1=1, dim2=2).fill_(1.0)
+        stacked[0, :m, :m] = gramian
+        identity = torch.eye(m, device=gramian.device, dtype=gramian.dtype)
+        factor, info = torch.linalg.cholesky_ex(gramian)
+        self.has_inverse = bool(info == 0)
+        # An inverse, even inaccurate (a nearly singular G), still guides the warm start.
+        self.has_guide = self.has_inverse
+        self.refine = True
+        inverse = identity  # a placeholder where G is not positive definite
+        if self.has_inverse:
+            inverse = torch.cholesky_inverse(factor)
+            inverse = (inverse + inverse.mT) / 2.0
+            error = (inverse @ gramian - identity).abs().amax()
+            self.has_inverse = bool(error <= _INVERSE_ACCURACY)
+            # Relative error of a solve through K: about cond(G) · (error + ε), where
+            # cond(G) ≤ m · max|G| · max|K|; refine only when that may be visible.
+            condition = m * gramian.abs().amax() * inverse.abs().amax()
+            epsilon = torch.finfo(gramian.dtype).eps
+            self.refine = bool(condition * (error + epsilon) > _REFINEMENT_THRESHOLD)
+        self.inverse = inverse
+        stacked[1, :m, :m] = inverse
+        self.stacked = stacked.reshape(-1)
+
+    def _factorize(self, offsets: Tensor, rows: Tensor) -> tuple[Tensor, Tensor]:
+        """Cholesky factors of the blocks ``M_b[rows_b][:, rows_b]`` for every row ``rows_b`` of
+        ``rows``, where ``M_b`` is ``diag(G, I)`` or ``diag(K, I)`` as ``offsets`` (``0`` or
+        ``(2m)²``) say, and whether each factorisation succeeded."""
+        count, size = rows.shape
+        numel = count * size * size
+        flat_indices = _workspace("indices", numel, torch.int64, rows.device)
+        flat_indices = flat_indices.view(count, size, size)
+        torch.add(rows.unsqueeze(2) * (2 * self.m), rows.unsqueeze(1), out=flat_indices)
+        flat_indices += offsets
+        system = _workspace("system", numel, self.stacked.dtype, rows.device)
+        torch.index_select(self.stacked, 0, flat_indices.reshape(-1), out=system)
+        # Batched column-major storage, the layout LAPACK writes in place.
+        factor = _workspace("factor", numel, self.stacked.dtype, rows.device)
+        factor = factor.view(count, size, size).mT
+        info = torch.empty(count, device=rows.device, dtype=torch.int32)
+        torch.linalg.cholesky_ex(system.view(count, size, size), out=(factor, info))
+        return factor, info == 0
+
+    def warm_start(self) -> Tensor:
+        """The solutions with only the positive bounds active, a guess of the true ones.
+
+        With a single positive bound ``u_i`` per problem (UPGrad), this is ``u_i K_{:i} / K_ii``.
+        """
+        u = self.lower_bounds
+        positive = u > 0.0
+        if bool((positive.sum(dim=1) <= 1).all()):
+            index = u.argmax(dim=1, keepdim=True)
+            value = u.gather(1, index).clamp(min=0.0)
+            return value / self.inverse.diagonal()[index] * self.inverse[index.squeeze(1)]
+        return self.solve(torch.arange(u.shape[0], device=u.device), ~positive)
+
+    def solve(self, rows: Tensor, free: Tensor) -> Tensor:
+        """Returns the solutions ``[len(rows), m]`` for the free sets ``free`` of ``rows``.
+
+        Each problem factorises one block: ``G_FF`` or, when the active set is the smaller one
+        (and ``K`` is accurate), ``K_AA``. The blocks of all problems are read from one stacked
+        ``[diag(G, I), diag(K, I)]`` and factorised together, in chunks of similar sizes only
+        when they would not fit in one workspace.
+        """
+        lower_bounds = self.lower_bounds[rows]
+        free_count = free.sum(dim=1)
+        through_active = (2 * free_count > self.m) & self.has_inverse
+        block = torch.where(through_active.unsqueeze(1), ~free, free)
+        sizes = torch.where(through_active, self.m - free_count, free_count)
+        size = max(1, int(sizes.max()))
+        per_chunk = max(1, _CHUNK_ENTRIES // (size * size))
+        if rows.shape[0] <= per_chunk:
+            return self._solve_blocks(lower_bounds, free, block, through_active)
+        solution = torch.empty_like(lower_bounds)
+        # Problems of similar sizes together: less padding in each chunk.
+        by_size = sizes.argsort()
+        for chunk in torch.split(by_size, per_chunk):
+            solution[chunk] = self._solve_blocks(
+                lower_bounds[chunk], free[chunk], block[chunk], through_active[chunk]
+            )
+        return solution
+
+    def _solve_blocks(
+        self, lower_bounds: Tensor, free: Tensor, block: Tensor, through_active: Tensor
+    ) -> Tensor:
+        """Solves each problem through its ``block``: ``G_FF`` where ``through_active`` is false
+        (``G_FF v_F = -G_FA u_A``), else ``K_AA`` (``v = K_{:A} K_AA⁻¹ u_A``)."""
+        m = self.m
+        order, valid = _leading_indices(block)
+        padded = torch.where(valid, order, m + self.slots[: order.shape[1]])
+        offsets = torch.where(through_active, (2 * m) ** 2, 0).view(-1, 1, 1)
+        factor, success = self._factorize(offsets, padded)
+        fixed = torch.where(free, 0.0, lower_bounds)
+        # Right-hand sides: -(G u_A)_F through G_FF, u_A through K_AA.
+        residual = torch.where(through_active.unsqueeze(1), lower_bounds, -(fixed @ self.gramian))
+        rhs = torch.where(valid, residual.gather(1, order), 0.0)
+        values = torch.cholesky_solve(rhs.unsqueeze(2), factor).squeeze(2)
+        # On the G_FF path the values are v_F; on the K_AA path the multipliers of v = K_{:A} λ_A.
+        on_block = _assemble(torch.zeros_like(lower_bounds), order, valid, values)
+        solution = torch.where(
+            through_active.unsqueeze(1),
+            torch.where(free, on_block @ self.inverse, lower_bounds),
+            torch.where(free, on_block, lower_bounds),
+        )
+        if self.refine and bool(through_active.any()):
+            # Refinement of the K_AA path: v_F -= G_FF⁻¹ r_F with r_F = (G v)_F and
+            # G_FF⁻¹ = K_FF - K_FA K_AA⁻¹ K_AF.
+            correction_rows = through_active.unsqueeze(1) & free
+            residual = torch.where(correction_rows, solution @ self.gramian, 0.0)
+            spread = residual @ self.inverse
+            rhs = torch.where(valid, spread.gather(1, order), 0.0)
+            multipliers = torch.cholesky_solve(rhs.unsqueeze(2), factor).squeeze(2)
+            back = _assemble(torch.zeros_like(lower_bounds), order, valid, multipliers)
+            correction = spread - back @ self.inverse
+            solution = torch.where(correction_rows, solution - correction, solution)
+        # A singular block (G itself singular): NaN makes the caller jitter G.
+        return torch.where(success.unsqueeze(1), solution, torch.nan)
+
+
+def _leading_indices(mask: Tensor) -> tuple[Tensor, Tensor]:
+    """Per row, the indices where ``mask`` holds first (then the others), cut to the largest
+    count of the batch, and which of those positions are really in ``mask``."""
+    counts = mask.sum(dim=1)
+    size = int(counts.max())
+    order = torch.argsort((~mask).to(torch.int8), dim=1, stable=True)[:, :size]
+    valid = torch.arange(size, device=mask.device) < counts.unsqueeze(1)
+    return order, valid
+
+
+def _assemble(base: Tensor, indices: Tensor, valid: Tensor, values: Tensor) -> Tensor:
+    """``base`` with ``values`` written at ``indices`` where ``valid``."""
+    return base.scatter(1, indices, torch.where(valid, values, base.gather(1, indices)))

@@ -1,0 +1,183 @@
+"""Scalarizer mode: the losses combined into one scalar by a scalarizer, one ordinary backward.
+
+The scalarizer runs on a detached leaf copy ``L̄`` of the losses; its gradient ``w = ∂s/∂L̄`` (the
+weights actually used) then weights one backward pass of the losses, ``losses.backward(w)``,
+which by the chain rule is ``s.backward()``. The gradients of the scalarizer's learned parameters
+(UW's ``log_var``, IMTLL's ``log_scale``) come with ``w``. With a process group, ``L̄`` is the
+mean of the ranks' losses, so every rank's scalarizer sees the same values (its state never
+drifts apart), and the weighted gradients are averaged in one flat all-reduce.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from torch.optim import LBFGS, Optimizer
+
+from ..autojac._checks import as_tensors
+from ..autojac._matrix import split_update
+from ..scalarization import Scalarizer
+from ._context import Context
+from ._distributed import Sync
+from ._gramian_mode import stack_losses
+from ._jacobian_mode import NO_PARAMETER
+from ._plan import Plan
+
+# Torch optimizers that only use their first parameter group: the learned parameters of a
+# scalarizer cannot be given to them as a group of their own.
+SINGLE_GROUP_OPTIMIZERS: tuple[type[Optimizer], ...] = (LBFGS,)
+
+
+def learned_parameters(scalarizer: nn.Module) -> list[Tensor]:
+    """The scalarizer's parameters that its gradient teaches (those that require grad)."""
+    return [p for p in scalarizer.parameters() if p.requires_grad]
+
+
+def add_learned_parameters(optimizer: Optimizer, scalarizer: nn.Module) -> None:
+    """Adds the learned parameters missing from ``optimizer`` as one new last group.
+
+    Parameters the user already put in any group (with any options) are left there, so nothing
+    is ever added twice. A forgotten learned parameter would fail silently (UW's log-variances
+    would stay 0), hence the automatic group.
+    """
+    owned = {id(p) for group in optimizer.param_groups for p in group["params"]}
+    missing = [p for p in learned_parameters(scalarizer) if id(p) not in owned]
+    if not missing:
+        return
+    if isinstance(optimizer, SINGLE_GROUP_OPTIMIZERS):
+        raise ValueError(
+            f"`scalarizer` {scalarizer!r} has learned parameters that the wrapped "
+            f"{type(optimizer).__name__} does not hold, and {type(optimizer).__name__} uses only "
+            "one parameter group, so they cannot be added as a group of their own: put them in "
+            "its one group, e.g. `LBFGS([*model.parameters(), *scalarizer.parameters()])`."
+        )
+    optimizer.add_param_group({"params": missing})
+
+
+def check_scalarizer_arguments(features: Any, grad_tensors: Any, aggregate: bool) -> None:
+    """Refuses the arguments of ``backward`` that need per-loss gradients."""
+    for name, given in (
+        ("features", features is not None),
+        ("grad_tensors", grad_tensors is not None),
+        ("aggregate=False", not aggregate),
+    ):
+        if given:
+            raise ValueError(
+                f"`{name}` cannot be combined with `scalarizer`: a scalarizer replaces the "
+                "Jacobian of the losses with one ordinary backward pass, so there are no "
+                f"per-loss gradients to use. Drop `{name}`, or use an aggregator instead of "
+                "the scalarizer."
+            )
+
+
+def plan_scalarized(
+    scalarizer: Scalarizer, context: Context, losses: list[Tensor], retain_graph: bool
+) -> Plan:
+    """The plan of ``scalarizer(losses).backward()`` over the optimizer's parameters."""
+    groups, sync = context.groups, context.sync
+    values = stack_losses(losses)
+    _check_device(scalarizer, values.device)
+    leaf = values.detach()
+    if sync.active:
+        leaf = leaf.clone()
+        sync.all_reduce(leaf)
+    leaf.requires_grad_(True)
+    params = [p for group in groups for p in group]
+    if not params:
+        raise ValueError(NO_PARAMETER)
+    owned = {id(p) for p in params}
+    learned = [p for p in learned_parameters(scalarizer) if id(p) in owned]
+    with torch.enable_grad(), sync.same_randomness(values.device):
+        value = scalarizer(leaf)
+    _check_value(value, scalarizer)
+    weights, *learned_grads = torch.autograd.grad(value, [leaf, *learned], allow_unused=True)
+    weights = torch.zeros_like(leaf) if weights is None else weights.detach()
+    learned_pairs = [(p, g) for p, g in zip(learned, learned_grads, strict=True) if g is not None]
+    plan = Plan(
+        grads=learned_pairs,
+        weights=tuple(weights for _ in groups),
+        gramians=tuple(None for _ in groups),
+        value=value.detach(),
+    )
+    if not sync.active:
+        # One ordinary backward pass, so that the hooks of a DistributedDataParallel wrapper
+        # (without `process_group`) average the gradients as they do for `loss.backward()`.
+        plan.backward = _weighted_backward(values, weights, params, retain_graph)
+        return plan
+    # With a process group, DDP's reducer is bypassed (`torch.autograd.grad`) and the gradients
+    # are averaged here. Every parameter gets a place in the buffer (zero where unused), so that
+    # all ranks share its layout: one collective for the whole model.
+    grads = torch.autograd.grad(
+        values, params, grad_outputs=weights, retain_graph=retain_graph, allow_unused=True
+    )
+    buffer = torch.cat(
+        [
+            (torch.zeros_like(p) if g is None else g).reshape(-1)
+            for p, g in zip(params, grads, strict=True)
+        ]
+    )
+    sync.all_reduce(buffer)
+    plan.grads = [*zip(params, split_update(buffer, params), strict=True), *learned_pairs]
+    return plan
+
+
+def _weighted_backward(
+    values: Tensor, weights: Tensor, params: list[Tensor], retain_graph: bool
+) -> Callable[[], None]:
+    """``values.backward(weights)`` into the ``.grad`` of ``params``, accumulated out of place
+    (the previous ``.grad`` tensors stay intact for the caller's transaction). Raises when the
+    losses depend on none of ``params``, without a walk of the graph: none of them got a
+    gradient."""
+
+    def backward() -> None:
+        previous = [(p, p.grad) for p in params if p.grad is not None]
+        for param, _ in previous:
+            param.grad = None
+        try:
+            torch.autograd.backward(
+                values, grad_tensors=weights, retain_graph=retain_graph, inputs=params
+            )
+            if all(p.grad is None for p in params):
+                raise ValueError(NO_PARAMETER)
+        except BaseException:
+            for param in params:
+                param.grad = None
+            raise
+        finally:
+            for param, grad in previous:
+                param.grad = grad if param.grad is None else grad + param.grad
+
+    return backward
+
+
+def _check_device(scalarizer: nn.Module, device: torch.device) -> None:
+    """Refuses a scalarizer whose parameters or buffers are not on the losses' device."""
+    for name, tensor in [*scalarizer.named_parameters(), *scalarizer.named_buffers()]:
+        if tensor.device != device:
+            raise ValueError(
+                f"`scalarizer` must be on the device of the losses ({device}), but its `{name}` "
+                f"is on {tensor.device}: move it with `scalarizer.to({str(device)!r})`."
+            )
+
+
+def _check_value(value: Any, scalarizer: nn.Module) -> None:
+    if not isinstance(value, Tensor) or value.dim() != 0:
+        shape = list(value.shape) if isinstance(value, Tensor) else type(value).__name__
+        raise ValueError(f"`scalarizer` must return a 0-d tensor, but {scalarizer!r} gave {shape}.")
+    if not value.requires_grad:
+        raise ValueError(
+            f"`scalarizer` must return a value differentiable with respect to the losses, but "
+            f"{scalarizer!r} returned a tensor that does not require grad."
+        )
+
+
+def reduced_values(losses: Any, sync: Sync) -> Tensor:
+    """The detached losses as one tensor, averaged over the ranks (what the scalarizer saw)."""
+    values = stack_losses(as_tensors(losses, "losses")).detach()
+    if sync.active:
+        values = values.clone()
+        sync.all_reduce(values)
+    return values
