@@ -151,16 +151,20 @@ def train(
     measure_every: int = 10,
     normalise: bool = False,
 ) -> DigitsRun:
-    """Trains one model; an aggregator goes through ``JacobianOptimizer`` in multi-task mode, a
-    scalarizer the ordinary way (its scalar's backward pass, its own parameters trained by the
-    same Adam, FAMO updated with the batch's losses after the step, DWA's epoch ended every
-    pass over the training pairs). ``normalise`` divides each loss by its value at the first
+    """Trains one model through ``JacobianOptimizer``: an aggregator in multi-task mode, a
+    scalarizer in scalarizer mode (stepped with a closure, so that FAMO is updated with the
+    batch's losses after the step; DWA's epoch ends every pass over the training pairs). ``normalise`` divides each loss by its value at the first
     step (a constant): the user-side remedy for losses of different scales."""
     torch.manual_seed(seed)
     model = Model(variant)
     method = factory()
-    adam = torch.optim.Adam([*model.parameters(), *method.parameters()], lr=lr)
-    optimizer = None if isinstance(method, Scalarizer) else JacobianOptimizer(adam, method)
+    adam = torch.optim.Adam(model.parameters(), lr=lr)
+    scalarizing = isinstance(method, Scalarizer)
+    optimizer = (
+        JacobianOptimizer(adam, scalarizer=method)
+        if isinstance(method, Scalarizer)
+        else JacobianOptimizer(adam, method)
+    )
     epoch = max(len(data.train_x) // batch_size, 1)
     generator = torch.Generator().manual_seed(1000 + seed)
     cosines: list[Tensor] = []
@@ -169,7 +173,8 @@ def train(
     for step in range(steps):
         index = torch.randint(len(data.train_x), (batch_size,), generator=generator)
         start = time.perf_counter()
-        features, losses = model.losses(data.train_x[index], data.train_y[index])
+        x, y = data.train_x[index], data.train_y[index]
+        features, losses = model.losses(x, y)
         if normalise:
             initial = initial or [loss.detach() for loss in losses]
             losses = [loss / first for loss, first in zip(losses, initial)]
@@ -177,19 +182,25 @@ def train(
             measure_start = time.perf_counter()
             cosines.append(_feature_cosines(features, losses))
             start += time.perf_counter() - measure_start
-        if optimizer is not None:
-            optimizer.zero_grad()
+        optimizer.zero_grad()
+        if not scalarizing:
             optimizer.step(losses, features=features)
+        elif isinstance(method, FAMO):
+            first = [torch.stack(losses)]
+
+            def closure() -> Tensor:
+                # The first evaluation is the batch's forward pass, already done; the
+                # optimizer's re-evaluation after the step (for FAMO.update) recomputes it.
+                if first:
+                    return first.pop()
+                optimizer.zero_grad()
+                return torch.stack(model.losses(x, y)[1])
+
+            optimizer.step(closure)
         else:
-            adam.zero_grad()
-            method(torch.stack(losses)).backward()
-            adam.step()
-            if isinstance(method, FAMO):
-                with torch.no_grad():
-                    _, after = model.losses(data.train_x[index], data.train_y[index])
-                method.update(torch.stack(after))
-            if isinstance(method, DWA) and (step + 1) % epoch == 0:
-                method.step()
+            optimizer.step(torch.stack(losses))
+        if isinstance(method, DWA) and (step + 1) % epoch == 0:
+            method.step()
         elapsed += time.perf_counter() - start
     all_cosines = torch.stack(cosines)
     return DigitsRun(

@@ -215,15 +215,20 @@ def run_optimizer(
 
 
 def _run_scalarizer(method: Scalarizer, steps: int, lr: float, x: Tensor) -> tuple[Tensor, float]:
-    """A scalarizer the ordinary way: its scalar's backward pass, then Adam."""
-    adam = torch.optim.Adam([x, *method.parameters()], lr=lr)
+    """A scalarizer through ``JacobianOptimizer``'s scalarizer mode (stepped with a closure, so
+    that FAMO gets the losses after the step)."""
+    optimizer = JacobianOptimizer(torch.optim.Adam([x], lr=lr), scalarizer=method)
+
+    def closure() -> Tensor:
+        optimizer.zero_grad()
+        return losses(x)
+
     iterates = [x.detach().clone()]
     start_time = time.perf_counter()
     for step in range(steps):
-        adam.zero_grad()
-        method(losses(x)).backward()
-        adam.step()
-        _after_step([method], x.detach().unsqueeze(0), step)
+        optimizer.step(closure)
+        if isinstance(method, DWA) and (step + 1) % DWA_EPOCH == 0:
+            method.step()
         iterates.append(x.detach().clone())
     return torch.stack(iterates), (time.perf_counter() - start_time) / steps
 
