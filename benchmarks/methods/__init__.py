@@ -1,1 +1,2 @@
-"""The methods benchmark: every aggregator and scalarizer on a two-objective toy and on MultiDigits."""
+"""The methods benchmark: every aggregator and scalarizer on a two-objective toy and on
+MultiDigits."""

@@ -51,6 +51,12 @@ FAMILIES = {
 }
 
 
+def _increasing(m: int) -> torch.Tensor:
+    """Constant weights 1, ..., 2 (evenly spaced), normalised to sum to 1."""
+    weights = torch.linspace(1.0, 2.0, m)
+    return weights / weights.sum()
+
+
 def aggregators(m: int) -> dict[str, AggregatorFactory]:
     """The aggregators that accept ``m`` losses, each with the hyperparameters used here."""
     factories: dict[str, AggregatorFactory] = {
@@ -80,7 +86,7 @@ def aggregators(m: int) -> dict[str, AggregatorFactory]:
         "TrimmedMean": lambda m: agg.TrimmedMean(trim_number=(m - 1) // 2),
         "Mean": lambda m: agg.Mean(),
         "Sum": lambda m: agg.Sum(),
-        "Constant": lambda m: agg.Constant(torch.linspace(1.0, 2.0, m) / torch.linspace(1.0, 2.0, m).sum()),
+        "Constant": lambda m: agg.Constant(_increasing(m)),
         "Random": lambda m: agg.Random(),
     }
     if m >= 3:
@@ -106,7 +112,7 @@ def scalarizers(m: int) -> dict[str, ScalarizerFactory]:
     return {
         "s:Mean": lambda m: sc.Mean(),
         "s:Sum": lambda m: sc.Sum(),
-        "s:Constant": lambda m: sc.Constant(torch.linspace(1.0, 2.0, m) / torch.linspace(1.0, 2.0, m).sum()),
+        "s:Constant": lambda m: sc.Constant(_increasing(m)),
         "s:Random": lambda m: sc.Random(),
         "s:GeometricMean": lambda m: sc.GeometricMean(),
         "s:STCH": lambda m: sc.STCH(mu=1.0, weights=equal(m)),

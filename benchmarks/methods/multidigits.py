@@ -100,7 +100,10 @@ class Model(nn.Module):
         features = self.trunk(x)
         left = self.left(features).argmax(1)
         if self.variant == "conflict":
-            return [float((left == y[:, 0]).float().mean()), float((left == 9 - y[:, 0]).float().mean())]
+            return [
+                float((left == y[:, 0]).float().mean()),
+                float((left == 9 - y[:, 0]).float().mean()),
+            ]
         accuracies = [
             float((left == y[:, 0]).float().mean()),
             float((self.right(features).argmax(1) == y[:, 1]).float().mean()),
@@ -123,11 +126,28 @@ def n_tasks(variant: str) -> int:
     return len(task_names(variant))
 
 
+def _famo_closure(
+    optimizer: JacobianOptimizer, model: Model, first: Tensor, x: Tensor, y: Tensor
+) -> Callable[[], Tensor]:
+    """The closure of a FAMO step: its first evaluation is the forward pass already done; the
+    optimizer's re-evaluation after the step (for ``FAMO.update``) recomputes the losses."""
+    pending = [first]
+
+    def closure() -> Tensor:
+        if pending:
+            return pending.pop()
+        optimizer.zero_grad()
+        return torch.stack(model.losses(x, y)[1])
+
+    return closure
+
+
 @dataclass
 class DigitsRun:
     accuracies: list[float]
     seconds_per_step: float
     mean_cosine: float  # between the task gradients w.r.t. the trunk's output, over the run
+    late_cosine: float  # the same over the second half of the run
     negative_cosine_share: float  # steps with a negative cosine (some pair, for 3 tasks)
 
 
@@ -153,8 +173,9 @@ def train(
 ) -> DigitsRun:
     """Trains one model through ``JacobianOptimizer``: an aggregator in multi-task mode, a
     scalarizer in scalarizer mode (stepped with a closure, so that FAMO is updated with the
-    batch's losses after the step; DWA's epoch ends every pass over the training pairs). ``normalise`` divides each loss by its value at the first
-    step (a constant): the user-side remedy for losses of different scales."""
+    batch's losses after the step; DWA's epoch ends every pass over the training pairs).
+    ``normalise`` divides each loss by its value at the first step (a constant): the user-side
+    remedy for losses of different scales."""
     torch.manual_seed(seed)
     model = Model(variant)
     method = factory()
@@ -177,7 +198,7 @@ def train(
         features, losses = model.losses(x, y)
         if normalise:
             initial = initial or [loss.detach() for loss in losses]
-            losses = [loss / first for loss, first in zip(losses, initial)]
+            losses = [loss / first for loss, first in zip(losses, initial, strict=True)]
         if step % measure_every == 0:
             measure_start = time.perf_counter()
             cosines.append(_feature_cosines(features, losses))
@@ -186,17 +207,7 @@ def train(
         if not scalarizing:
             optimizer.step(losses, features=features)
         elif isinstance(method, FAMO):
-            first = [torch.stack(losses)]
-
-            def closure() -> Tensor:
-                # The first evaluation is the batch's forward pass, already done; the
-                # optimizer's re-evaluation after the step (for FAMO.update) recomputes it.
-                if first:
-                    return first.pop()
-                optimizer.zero_grad()
-                return torch.stack(model.losses(x, y)[1])
-
-            optimizer.step(closure)
+            optimizer.step(_famo_closure(optimizer, model, torch.stack(losses), x, y))
         else:
             optimizer.step(torch.stack(losses))
         if isinstance(method, DWA) and (step + 1) % epoch == 0:
@@ -207,5 +218,6 @@ def train(
         model.accuracies(data.test_x, data.test_y),
         elapsed / steps,
         float(all_cosines.mean()),
+        float(all_cosines[len(all_cosines) // 2 :].mean()),
         float((all_cosines < 0).any(dim=1).float().mean()),
     )

@@ -7,7 +7,8 @@ The problem (x ∈ ℝ²): with ``c₊ = max(tanh(x₂/2), 0)`` and ``c₋ = max
 
 and the Nash-MTL paper's imbalance: ``L₁ = 0.1 f₁``, ``L₂ = f₂``. Both are shifted up by a constant
 (``L₁ + 2.1``, ``L₂ + 21``) so that they stay positive: this changes no gradient, and the methods
-that read the loss values (logarithms, ratios: DB-MTL, FAMO, the geometric mean, UW...) need it. Its Pareto set is the segment
+that read the loss values (logarithms, ratios: DB-MTL, FAMO, the geometric mean, UW...) need it.
+Its Pareto set is the segment
 ``x₁ ∈ [-7, 7]`` around ``x₂ ≈ -8``; above ``x₂ = 0`` the log terms make valleys that trap a
 method following one loss. Starts (-8.5, 7.5), (0, 0), (9, 9), (-7.5, -0.5), (9, -1); Adam.
 
@@ -55,9 +56,7 @@ def losses(x: Tensor) -> Tensor:
     bowl2 = ((7.0 + x1) ** 2 + 0.1 * (x2 + 8.0) ** 2) / 10.0 - 20.0
     f1 = above * log1 + below * bowl1
     f2 = above * log2 + below * bowl2
-    return torch.stack(
-        [LOSS_SCALES[0] * f1 + OFFSETS[0], LOSS_SCALES[1] * f2 + OFFSETS[1]], dim=-1
-    )
+    return torch.stack([LOSS_SCALES[0] * f1 + OFFSETS[0], LOSS_SCALES[1] * f2 + OFFSETS[1]], dim=-1)
 
 
 @dataclass
@@ -73,7 +72,7 @@ class ParetoSet:
 
 
 def pareto_set(spacing: float = 0.01) -> ParetoSet:
-    n = int(round(20.0 / spacing)) + 1
+    n = round(20.0 / spacing) + 1
     axis = torch.linspace(-10.0, 10.0, n, dtype=torch.float64)
     grid = torch.stack(torch.meshgrid(axis, axis, indexing="xy"), dim=-1).reshape(-1, 2)
     values = losses(grid)
