@@ -27,7 +27,7 @@ extensions = [
 
 source_suffix = {".rst": "restructuredtext", ".md": "markdown"}
 root_doc = "index"
-exclude_patterns = ["_build"]
+exclude_patterns = ["_build", "guide/results"]
 
 # Markdown: $...$ maths, ::: fences and anchors for headings.
 myst_enable_extensions = ["dollarmath", "colon_fence"]

@@ -5,8 +5,9 @@
 - ``aggregators.png``: the update of every aggregator for the same two conflicting gradients
   (the aggregators, their labels and the dual cone come from the visual check
   ``tests/plots/plot_aggregators.py``; this script lays them out for the docs).
-- ``quickstart_curves.png``: the training curves of ``examples/quickstart.py``
-  (``JacobianOptimizer`` with UPGrad versus the summed loss).
+
+The methods benchmark's figures (``docs/guide/results/``) are rendered by
+``python -m benchmarks.methods``.
 
 Run from the repository root: ``python docs/make_figures.py`` (or ``--only aggregators``).
 """
@@ -14,9 +15,7 @@ Run from the repository root: ``python docs/make_figures.py`` (or ``--only aggre
 from __future__ import annotations
 
 import argparse
-import contextlib
 import importlib.util
-import io
 import math
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -147,30 +146,9 @@ def make_aggregators(path: Path) -> None:
     plt.close(fig)
 
 
-def make_quickstart_curves(path: Path) -> None:
-    quickstart = load_script("examples/quickstart.py", "jdoptim_example_quickstart")
-    with contextlib.redirect_stdout(io.StringIO()):
-        history = quickstart.main([])  # the quickstart's defaults
-    fig, axes = plt.subplots(1, 2, figsize=(9, 3.2), sharex=True)
-    colors = {"JacobianOptimizer(UPGrad)": UPDATE_COLOR, "summed loss": "0.45"}
-    for task, ax in enumerate(axes):
-        for name, runs in history.items():
-            steps = range(1, len(runs) + 1)
-            ax.plot(steps, [losses[task] for losses in runs], color=colors.get(name), label=name)
-        ax.set_yscale("log")
-        ax.set_xlabel("step")
-        ax.set_title(f"task {task + 1} training loss", fontsize=10)
-        ax.grid(alpha=0.3)
-    axes[0].legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-
-
 FIGURES: dict[str, tuple[str, Callable[[Path], None]]] = {
     "upgrad": ("upgrad_projection.png", make_upgrad_projection),
     "aggregators": ("aggregators.png", make_aggregators),
-    "quickstart": ("quickstart_curves.png", make_quickstart_curves),
 }
 
 

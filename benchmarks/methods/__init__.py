@@ -1,0 +1,2 @@
+"""The methods benchmark: every aggregator and scalarizer on a two-objective toy and on
+MultiDigits."""
