@@ -54,16 +54,18 @@ _TOLERANCE_ULPS = 1e4
 #: Squarings of G (G², G⁴, …, G^(2^k)) estimating its largest eigenvalue, as 2^k power iterations
 #: would, in k matrix products; then accelerated projected-gradient steps guess the free sets
 #: before the pivoting, stopping when the guess has not changed over the last
-#: _PATTERN_CHECK_EVERY steps. Their budget, m² / _STEP_BUDGET_DIVISOR steps between
-#: _PROJECTED_GRADIENT_STEPS and _MAX_PROJECTED_GRADIENT_STEPS, follows the cost of the pivoting
-#: step it may save (k factorisations of up to m / 2 indices) relative to that of a step (one
-#: [k, m] × [m, m] product, dominated by the fixed cost of a few operations at small m): the
-#: ill-conditioned G of rank-deficient Jacobians needs them (measured on UPGrad: 5 to 7 pivoting
-#: steps at m = 128 and 256 with 32 of them, 2 with 256).
+#: _PATTERN_CHECK_EVERY steps. Their budget follows the cost of the pivoting steps they may save
+#: (k factorisations of up to m / 2 indices) relative to theirs (one [k, m] × [m, m] product in
+#: single precision, dominated by the fixed cost of a few operations at small m): m² /
+#: _STEP_BUDGET_DIVISOR steps while m is small, _STEP_BUDGET_CUBE / m once the products dominate,
+#: between _PROJECTED_GRADIENT_STEPS and _MAX_PROJECTED_GRADIENT_STEPS. The ill-conditioned G of
+#: Jacobians with more rows than columns needs them (UPGrad, [m, m / 2] Jacobians, reg_eps = 1e-4:
+#: 8, 5 and 5 pivoting steps at m = 128, 256 and 512 with 32 steps, 3, 2 and 3 with this budget).
 _SQUARINGS = 5
 _PROJECTED_GRADIENT_STEPS = 32
 _MAX_PROJECTED_GRADIENT_STEPS = 256
 _STEP_BUDGET_DIVISOR = 64
+_STEP_BUDGET_CUBE = 256 * 256
 _PATTERN_CHECK_EVERY = 4
 
 
@@ -246,7 +248,8 @@ def _projected_gradient(g: Tensor, u: Tensor, v: Tensor) -> Tensor:
     t = torch.ones(k, 1, device=g.device, dtype=g.dtype)
     free = v > u
     steps = max(
-        _PROJECTED_GRADIENT_STEPS, min(_MAX_PROJECTED_GRADIENT_STEPS, m * m // _STEP_BUDGET_DIVISOR)
+        _PROJECTED_GRADIENT_STEPS,
+        min(_MAX_PROJECTED_GRADIENT_STEPS, m * m // _STEP_BUDGET_DIVISOR, _STEP_BUDGET_CUBE // m),
     )
     for iteration in range(1, steps + 1):
         next_v = torch.addmm(momentum_point, momentum_point, g, alpha=-step).clamp_(min=u)

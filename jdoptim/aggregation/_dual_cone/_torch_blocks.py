@@ -20,8 +20,14 @@ _INVERSE_ACCURACY = 1e-8
 #: Estimated relative error of a solve through the inverse above which a refinement step follows.
 _REFINEMENT_THRESHOLD = 1e-10
 
-#: Entries of the systems factorised together in one batched call (32 systems of 64 × 64).
+#: Entries of the systems factorised together in one batched call (32 systems of 64 × 64)…
 _CHUNK_ENTRIES = 32 * 64 * 64
+#: … but never fewer than this many systems: each chunk also multiplies its ``[chunk, m]``
+#: right-hand sides and solutions by ``G`` or its inverse, which for a handful of rows reads the
+#: whole ``[m, m]`` matrix for little work (at m = 512, chunks of 2 problems spent more time in
+#: those products than in the factorisations). The memory stays ``O(m²)``: at most
+#: ``_MIN_CHUNK_PROBLEMS · (m / 2)²`` entries per workspace.
+_MIN_CHUNK_PROBLEMS = 16
 
 # Workspaces of the CPU solver, per thread, kept from one call to the next: fresh ones at every
 # call are big enough for the allocator to map new pages each time, and those page faults cost
@@ -160,7 +166,7 @@ class CompactSolver:
         block = torch.where(through_active.unsqueeze(1), ~free, free)
         sizes = torch.where(through_active, self.m - free_count, free_count)
         size = max(1, int(sizes.max()))
-        per_chunk = max(1, _CHUNK_ENTRIES // (size * size))
+        per_chunk = max(_MIN_CHUNK_PROBLEMS, _CHUNK_ENTRIES // (size * size))
         if rows.shape[0] <= per_chunk:
             return self._solve_blocks(lower_bounds, free, block, through_active)
         solution = torch.empty_like(lower_bounds)

@@ -291,6 +291,7 @@ def test_chunked_factorisations_match_one_batch(monkeypatch: pytest.MonkeyPatch)
 
     # Room for a handful of systems per chunk: the problems are sorted by size and split.
     monkeypatch.setattr(_torch_blocks, "_CHUNK_ENTRIES", 5 * 24 * 24)
+    monkeypatch.setattr(_torch_blocks, "_MIN_CHUNK_PROBLEMS", 1)
     chunked = solve_dual_cone_torch(gramian, lower_bounds)
 
     torch.testing.assert_close(chunked, one_batch, rtol=1e-12, atol=1e-15)
