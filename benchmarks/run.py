@@ -175,16 +175,26 @@ def methods_workloads(quick: bool) -> list[Workload]:
     ]
 
 
-def _weighting_setup(m: int, solver: str) -> Setup:
+def _weighting_setup(m: int, solver: str, n: int = 1000) -> Setup:
     def setup() -> Callable[[], object]:
         from jdoptim.aggregation import UPGradWeighting
 
-        jacobian = _jacobian(m, 1000)
+        jacobian = _jacobian(m, n)
         gramian = jacobian @ jacobian.T
         weighting = UPGradWeighting(solver=solver)
         return lambda: weighting(gramian)
 
     return setup
+
+
+#: Targets of UPGradWeighting with the default solver, for full-rank and rank-deficient Gramians.
+_WEIGHTING_TARGETS = {
+    64: "≤ 3 ms",
+    128: "≤ 12 ms",
+    256: "≤ 60 ms",
+    512: "≤ 250 ms",
+    1024: "≤ 1.5 s",
+}
 
 
 def weighting_workloads(quick: bool) -> list[Workload]:
@@ -205,6 +215,26 @@ def weighting_workloads(quick: bool) -> list[Workload]:
                 interleaved=False,
             )
         )
+    # The default solver on Gramians of [m, n] Jacobians with more rows than columns (rank
+    # deficient, as per-sample gradients often are) and with twice as many columns, up to the
+    # m of instance-wise risk minimisation with real batch sizes. quadprog, one QP after the
+    # other, only where it takes less than a second.
+    for m in (64, 128, 256, 512, 1024):
+        if quick and m > 64:
+            break
+        for n in (m // 2,) if quick else (m // 2, 2 * m):
+            solvers = ("auto", "quadprog") if m <= 128 and not quick else ("auto",)
+            workloads.append(
+                Workload(
+                    name=f"UPGradWeighting m={m} n={n}",
+                    baseline="auto",
+                    configurations={s: _weighting_setup(m, s, n) for s in solvers},
+                    targets={"auto": _WEIGHTING_TARGETS[m]},
+                    repeats=3 if quick else (21 if m <= 128 else 5 if m <= 512 else 3),
+                    measure_memory=False,
+                    interleaved=False,
+                )
+            )
     return workloads
 
 

@@ -25,6 +25,7 @@ EXPECTED_ROWS = [
     ("UPGradWeighting m=64", "torch"),
     ("UPGradWeighting m=64", "quadprog"),
     ("UPGradWeighting m=128", "torch"),
+    ("UPGradWeighting m=64 n=32", "auto"),
     ("MLP 4×512 m=2 batch=64", "summed"),
     ("MLP 4×512 m=2 batch=64", "naive loop"),
     ("MLP 4×512 m=2 batch=64", "backward+jac_to_grad"),

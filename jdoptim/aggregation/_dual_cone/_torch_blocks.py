@@ -20,8 +20,14 @@ _INVERSE_ACCURACY = 1e-8
 #: Estimated relative error of a solve through the inverse above which a refinement step follows.
 _REFINEMENT_THRESHOLD = 1e-10
 
-#: Entries of the systems factorised together in one batched call (32 systems of 64 × 64).
+#: Entries of the systems factorised together in one batched call (32 systems of 64 × 64)…
 _CHUNK_ENTRIES = 32 * 64 * 64
+#: … but never fewer than this many systems: each chunk also multiplies its ``[chunk, m]``
+#: right-hand sides and solutions by ``G`` or its inverse, which for a handful of rows reads the
+#: whole ``[m, m]`` matrix for little work (at m = 512, chunks of 2 problems spent more time in
+#: those products than in the factorisations). The memory stays ``O(m²)``: at most
+#: ``_MIN_CHUNK_PROBLEMS · (m / 2)²`` entries per workspace.
+_MIN_CHUNK_PROBLEMS = 16
 
 # Workspaces of the CPU solver, per thread, kept from one call to the next: fresh ones at every
 # call are big enough for the allocator to map new pages each time, and those page faults cost
@@ -160,7 +166,7 @@ class CompactSolver:
         block = torch.where(through_active.unsqueeze(1), ~free, free)
         sizes = torch.where(through_active, self.m - free_count, free_count)
         size = max(1, int(sizes.max()))
-        per_chunk = max(1, _CHUNK_ENTRIES // (size * size))
+        per_chunk = max(_MIN_CHUNK_PROBLEMS, _CHUNK_ENTRIES // (size * size))
         if rows.shape[0] <= per_chunk:
             return self._solve_blocks(lower_bounds, free, block, through_active)
         solution = torch.empty_like(lower_bounds)
@@ -186,7 +192,7 @@ class CompactSolver:
         # Right-hand sides: -(G u_A)_F through G_FF, u_A through K_AA.
         residual = torch.where(through_active.unsqueeze(1), lower_bounds, -(fixed @ self.gramian))
         rhs = torch.where(valid, residual.gather(1, order), 0.0)
-        values = torch.cholesky_solve(rhs.unsqueeze(2), factor).squeeze(2)
+        values = _cholesky_solve(rhs, factor)
         # On the G_FF path the values are v_F; on the K_AA path the multipliers of v = K_{:A} λ_A.
         on_block = _assemble(torch.zeros_like(lower_bounds), order, valid, values)
         solution = torch.where(
@@ -201,12 +207,21 @@ class CompactSolver:
             residual = torch.where(correction_rows, solution @ self.gramian, 0.0)
             spread = residual @ self.inverse
             rhs = torch.where(valid, spread.gather(1, order), 0.0)
-            multipliers = torch.cholesky_solve(rhs.unsqueeze(2), factor).squeeze(2)
+            multipliers = _cholesky_solve(rhs, factor)
             back = _assemble(torch.zeros_like(lower_bounds), order, valid, multipliers)
             correction = spread - back @ self.inverse
             solution = torch.where(correction_rows, solution - correction, solution)
         # A singular block (G itself singular): NaN makes the caller jitter G.
         return torch.where(success.unsqueeze(1), solution, torch.nan)
+
+
+def _cholesky_solve(rhs: Tensor, factor: Tensor) -> Tensor:
+    """``x`` with ``L Lᵀ x = rhs`` for each problem (``rhs`` ``[k, s]``, ``L`` ``[k, s, s]``), by
+    two batched triangular solves: on the CPU faster than ``torch.cholesky_solve`` (measured,
+    one thread: 1.4× at 64 blocks of 32, 3.8× at 256 blocks of 128)."""
+    half = torch.linalg.solve_triangular(factor, rhs.unsqueeze(2), upper=False)
+    solution: Tensor = torch.linalg.solve_triangular(factor.mT, half, upper=True)
+    return solution.squeeze(2)
 
 
 def _leading_indices(mask: Tensor) -> tuple[Tensor, Tensor]:
