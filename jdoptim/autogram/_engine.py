@@ -13,6 +13,8 @@ from ._graph import EngineParameter, find_used_parameters
 from ._layout import to_generalized_gramian
 from ._linear import is_plain_linear
 from ._module_hooks import CallRecorder, ModuleCall
+from ._sharing import Signature, find_shared_calls, has_batch_shapes
+from ._vmap_warnings import quiet_vmap
 
 
 class Engine:
@@ -56,13 +58,17 @@ class Engine:
     **Batch dimension.** With ``batch_dim=d``, the losses are assumed independent across
     dimension ``d``: loss ``i`` along ``d`` depends only on sample ``i``. The gradients with
     respect to the layer outputs then take one backward pass per loss of a single sample, and
-    each layer's Jacobian comes from per-sample vector-Jacobian products. This requires every
-    tensor given to or returned by a module of the engine to hold the batch on its first
-    dimension, and every module between them and the losses to treat the samples
-    independently. Batch normalization using batch statistics, modules updating running
-    statistics in training mode, and recurrent modules raise a :class:`ValueError`; tensors
-    whose first dimension is not the batch size raise a :class:`ValueError` at
-    :meth:`compute_gramian`. Modules outside the engine that mix the samples (e.g. a batch norm
+    each layer's Jacobian comes from per-sample vector-Jacobian products. Every module between
+    the layers and the losses must treat the samples independently: batch normalization using
+    batch statistics, modules updating running statistics in training mode, and recurrent
+    modules raise a :class:`ValueError`. A call whose tensors do not hold the batch on their
+    first dimension (a position embedding called on ``torch.arange(T)``, a learned constant,
+    a shared table, broadcast into the batch later) serves every sample: its contribution is
+    computed exactly, one backward pass per loss, as without a batch dimension. Sizes alone
+    never decide it (a sequence as long as the batch is not taken for the batch): the first
+    call of each module with given shapes is tested with the gradients of the losses weighted
+    by sample, which scale slice by slice only for batched tensors (two backward passes, once).
+    Modules outside the engine that mix the samples (e.g. a batch norm
     between two layers of a partial engine) cannot be detected: use ``batch_dim=None`` then.
     The losses themselves must be per-sample losses: shapes alone cannot tell a vector of
     ``B`` per-sample losses from ``B`` task losses that each average the batch of ``B``
@@ -147,6 +153,8 @@ class Engine:
             if next(module.parameters(recurse=False), None) is not None
         ]
         self._recorder = CallRecorder(layers, self._replays)
+        #: Per module and shapes: whether its calls serve every sample at once (see _sharing).
+        self._verdicts: dict[Signature, bool] = {}
         self._removed = False
 
     def compute_gramian(self, output: Tensor, /) -> Tensor:
@@ -192,21 +200,34 @@ class Engine:
         used = find_used_parameters(output, calls, self._parameters)
         relevant = [call for call in calls if call in used]
         for call in relevant:
-            _check_call(call, samples if batch_dim is not None else None, self.batch_dim)
+            _check_call(call)
         if not relevant:
             return to_generalized_gramian(gramian, shape, batch_dim)
+        shared: set[ModuleCall] = set()
         if batch_dim is not None:
-            # The outputs of the last layer called: the cheapest to differentiate the losses to.
-            last = [edge for edge in relevant[-1].output_edges if edge is not None]
-            check_losses_are_per_sample(output, batch_dim, last, samples)
+            batched = [call for call in relevant if has_batch_shapes(call, samples)]
+            if batched:
+                # The outputs of the last layer called: the cheapest to differentiate the
+                # losses to.
+                last = [edge for edge in batched[-1].output_edges if edge is not None]
+                check_losses_are_per_sample(output, batch_dim, last, samples)
+            shared = find_shared_calls(output, batch_dim, samples, relevant, self._verdicts)
         groups = _groups_sharing_parameters(relevant, used)
-        grad_outputs = _row_selectors(output, batch_dim, rows)
+        per_sample = [group for group in groups if not shared.intersection(group)]
+        per_loss = [group for group in groups if shared.intersection(group)]
         self._recorder.enabled = False  # Replays call the modules: they must not be recorded.
         try:
-            with without_autocast():  # replays restore the autocast of their forward pass
-                accumulate_gramian(
-                    output, grad_outputs, rows, groups, used, batch_dim is not None, gramian
-                )
+            with without_autocast(), quiet_vmap():  # replays restore their forward's autocast
+                if per_sample:
+                    grad_outputs = _row_selectors(output, batch_dim, rows)
+                    accumulate_gramian(
+                        output, grad_outputs, rows, per_sample, used, batch_dim is not None, gramian
+                    )
+                if per_loss:
+                    # Calls that serve every sample at once: one row per loss, exactly.
+                    assert batch_dim is not None
+                    selectors = _loss_selectors(output, batch_dim)
+                    accumulate_gramian(output, selectors, size, per_loss, used, False, gramian)
         finally:
             self._recorder.enabled = True
         return to_generalized_gramian(gramian, shape, batch_dim)
@@ -250,7 +271,7 @@ class Engine:
         return f"Engine({len(self._parameters)} parameters, batch_dim={self.batch_dim})"
 
 
-def _check_call(call: ModuleCall, samples: int | None, batch_dim: int | None) -> None:
+def _check_call(call: ModuleCall) -> None:
     name = type(call.module).__name__
     if call.modifies_inputs:
         raise ValueError(
@@ -263,19 +284,6 @@ def _check_call(call: ModuleCall, samples: int | None, batch_dim: int | None) ->
             "called, so the `Engine` cannot replay its call. Use an out-of-place operation "
             "(e.g. `torch.relu(x)` instead of `x.relu_()`) or clone the tensor before."
         )
-    if samples is None:
-        return
-    shapes = [t.shape for t in call.input_tensors]
-    outputs = zip(call.output_shapes, call.output_edges, strict=True)
-    shapes += [shape for shape, edge in outputs if edge is not None]
-    for shape in shapes:
-        if len(shape) == 0 or shape[0] != samples:
-            raise ValueError(
-                f"With `batch_dim={batch_dim}` (batch size {samples}), every tensor given to or "
-                f"returned by a module of the engine must have the batch on its first dimension, "
-                f"but the module {name} got or returned a tensor of shape {list(shape)}. Use "
-                "`batch_dim=None`."
-            )
 
 
 def _row_selectors(output: Tensor, batch_dim: int | None, rows: int) -> Tensor:
@@ -294,6 +302,15 @@ def _row_selectors(output: Tensor, batch_dim: int | None, rows: int) -> Tensor:
     others = [size for d, size in enumerate(shape) if d != batch_dim]
     selectors = identity.reshape(rows, *others).unsqueeze(1 + batch_dim)
     return selectors.expand(rows, *shape).contiguous()
+
+
+def _loss_selectors(output: Tensor, batch_dim: int) -> Tensor:
+    """``grad_outputs`` selecting each loss alone, row ``t * B + b`` for the loss ``(t, b)``."""
+    samples = output.shape[batch_dim]
+    size = output.numel()
+    others = [n for d, n in enumerate(output.shape) if d != batch_dim]
+    identity = torch.eye(size, dtype=output.dtype, device=output.device)
+    return identity.reshape(size, *others, samples).movedim(-1, 1 + batch_dim).contiguous()
 
 
 def _groups_sharing_parameters(
