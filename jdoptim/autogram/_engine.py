@@ -9,10 +9,12 @@ from ._autocast import accumulation_dtype, without_autocast
 from ._backward_pass import accumulate_gramian
 from ._batch_checks import check_batch_independence, check_losses_are_per_sample
 from ._convolution import is_plain_convolution_module
+from ._embedding import is_plain_embedding
 from ._graph import EngineParameter, find_used_parameters
 from ._layout import to_generalized_gramian
 from ._linear import is_plain_linear
 from ._module_hooks import CallRecorder, ModuleCall
+from ._normalization import is_plain_normalization
 from ._sharing import Signature, find_shared_calls, has_batch_shapes
 from ._vmap_warnings import quiet_vmap
 
@@ -234,7 +236,9 @@ class Engine:
 
     def _replays(self, module: nn.Module) -> bool:
         """Whether calls of ``module`` may be replayed (closed forms need no check of outputs)."""
-        if is_plain_linear(module):
+        if is_plain_linear(module) or is_plain_embedding(module):
+            return False
+        if is_plain_normalization(module):
             return False
         return self.batch_dim is None or not is_plain_convolution_module(module)
 
