@@ -8,6 +8,7 @@ from torch import Tensor, nn
 from ._autocast import accumulation_dtype, without_autocast
 from ._backward_pass import accumulate_gramian
 from ._batch_checks import check_batch_independence, check_losses_are_per_sample
+from ._broadcast import per_sample_stand_ins
 from ._convolution import is_plain_convolution_module
 from ._embedding import is_plain_embedding
 from ._graph import EngineParameter, find_used_parameters
@@ -66,7 +67,9 @@ class Engine:
     modules raise a :class:`ValueError`. A call whose tensors do not hold the batch on their
     first dimension (a position embedding called on ``torch.arange(T)``, a learned constant,
     a shared table, broadcast into the batch later) serves every sample: its contribution is
-    computed exactly, one backward pass per loss, as without a batch dimension. Sizes alone
+    computed exactly, from the per-sample gradients of the sums it is added into when it is
+    a closed-form layer added into batched tensors (``tokens + positions``), otherwise one
+    backward pass per loss, as without a batch dimension. Sizes alone
     never decide it (a sequence as long as the batch is not taken for the batch): the first
     call of each module with given shapes is tested with the gradients of the losses weighted
     by sample, which scale slice by slice only for batched tensors (two backward passes, once).
@@ -157,6 +160,8 @@ class Engine:
         self._recorder = CallRecorder(layers, self._replays)
         #: Per module and shapes: whether its calls serve every sample at once (see _sharing).
         self._verdicts: dict[Signature, bool] = {}
+        #: Per call signature and shapes of its sums: whether it has a per-sample stand-in.
+        self._broadcast_verdicts: dict[tuple[Signature, tuple[tuple[int, ...], ...]], bool] = {}
         self._removed = False
 
     def compute_gramian(self, output: Tensor, /) -> Tensor:
@@ -217,6 +222,16 @@ class Engine:
         groups = _groups_sharing_parameters(relevant, used)
         per_sample = [group for group in groups if not shared.intersection(group)]
         per_loss = [group for group in groups if shared.intersection(group)]
+        if per_loss:
+            assert batch_dim is not None
+            alone = {group[0] for group in per_loss if len(group) == 1}
+            stand_ins = per_sample_stand_ins(
+                output, batch_dim, samples, alone, self._broadcast_verdicts
+            )
+            for call, stand_in in stand_ins.items():
+                used[stand_in] = used[call]
+                per_sample.append([stand_in])
+            per_loss = [group for group in per_loss if group[0] not in stand_ins]
         self._recorder.enabled = False  # Replays call the modules: they must not be recorded.
         try:
             with without_autocast(), quiet_vmap():  # replays restore their forward's autocast

@@ -19,6 +19,7 @@ from torch.func import functional_call, vjp, vmap
 from torch.utils._pytree import tree_flatten, tree_unflatten
 
 from ._autocast import accumulation_dtype, replaying_under
+from ._broadcast import reduce_to_broadcast
 from ._convolution import convolution_gramian, is_plain_convolution
 from ._embedding import embedding_gramian, is_plain_embedding
 from ._linear import is_plain_linear, linear_gramian
@@ -190,6 +191,8 @@ def _closed_form_gramian(
     dimension, convolutions.
     """
     names = {name for name, _ in named_parameters}
+    if call.broadcast_shape is not None:
+        deltas = [reduce_to_broadcast(deltas, call.broadcast_shape)]
     if (
         len(call.args) != 1
         or not isinstance(call.args[0], Tensor)

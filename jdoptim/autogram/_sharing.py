@@ -22,6 +22,7 @@ from torch.autograd.graph import GradientEdge
 
 from ._module_hooks import ModuleCall
 
+EdgeKey = tuple[object, int]
 Signature = tuple[int, tuple[tuple[int, ...], ...], tuple[tuple[int, ...], ...], int, int]
 
 
@@ -74,6 +75,26 @@ def find_shared_calls(
         for edge in call.output_edges:
             if edge is not None:
                 edges.setdefault((edge.node, edge.output_nr), edge)
+    batched = batched_edges(output, batch_dim, samples, edges)
+    for call in pending:
+        is_shared = any(
+            not batched[(edge.node, edge.output_nr)]
+            for edge in call.output_edges
+            if edge is not None
+        )
+        verdicts[signature(call, samples, batch_dim)] = is_shared
+        if is_shared:
+            shared.add(call)
+    return shared
+
+
+def batched_edges(
+    output: Tensor, batch_dim: int, samples: int, edges: dict[EdgeKey, GradientEdge]
+) -> dict[EdgeKey, bool]:
+    """Whether the gradient at each of ``edges`` is batched on its first dimension.
+
+    Two backward passes: the losses unweighted, then weighted by sample.
+    """
     weights = _sample_weights(samples, output)
     shape = [1] * output.dim()
     shape[batch_dim] = samples
@@ -87,19 +108,9 @@ def find_shared_calls(
         retain_graph=True,
         allow_unused=True,
     )
-    batched = {
+    return {
         key: _is_batched(g, gw, weights) for key, g, gw in zip(edges, plain, weighted, strict=True)
     }
-    for call in pending:
-        is_shared = any(
-            not batched[(edge.node, edge.output_nr)]
-            for edge in call.output_edges
-            if edge is not None
-        )
-        verdicts[signature(call, samples, batch_dim)] = is_shared
-        if is_shared:
-            shared.add(call)
-    return shared
 
 
 def _sample_weights(samples: int, output: Tensor) -> Tensor:

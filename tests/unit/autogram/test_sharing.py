@@ -114,3 +114,42 @@ def test_verdict_is_kept_across_steps() -> None:
         torch.testing.assert_close(gramian, expected, **TOLERANCE)
     # One verdict per module and shapes: token embedding, position embedding, head.
     assert sorted(engine._verdicts.values()) == [False, False, True]
+
+
+class ConsumedOtherwise(nn.Module):
+    """Position embeddings consumed in several ways: added twice, multiplied, unsqueezed."""
+
+    def __init__(self, how: str) -> None:
+        super().__init__()
+        self.how = how
+        self.token = nn.Embedding(9, 4)
+        self.position = nn.Embedding(8, 4)
+        self.norm = nn.LayerNorm(4)
+        self.head = nn.Linear(4, 3)
+
+    def forward(self, tokens: Tensor) -> Tensor:
+        e = self.token(tokens)
+        p = self.norm(self.position(torch.arange(tokens.shape[1])))  # a shared norm call too
+        if self.how == "added_twice":
+            h = torch.tanh(e + p) + p
+        elif self.how == "multiplied":
+            h = e * p
+        else:
+            h = e + p.unsqueeze(0)
+        return self.head(torch.tanh(h))
+
+
+@pytest.mark.parametrize("how", ["added_twice", "multiplied", "unsqueezed"])
+@pytest.mark.parametrize("length", [5, 6])
+def test_shared_outputs_consumed_otherwise_are_exact(how: str, length: int) -> None:
+    torch.manual_seed(0)
+    model = ConsumedOtherwise(how).double()
+    engine = Engine(model, batch_dim=0)
+    for _ in range(2):  # the second step uses the verdicts of the first
+        losses = _losses(model(torch.randint(0, 9, (5, length))))
+        gramian = engine.compute_gramian(losses)
+        expected = explicit_gramian(losses, trainable(model))
+        torch.testing.assert_close(gramian, expected, **TOLERANCE)
+    # Only direct sums into batched tensors give the norm's call a per-sample stand-in (the
+    # others are computed one loss at a time).
+    assert list(engine._broadcast_verdicts.values()) == ([True] if how == "added_twice" else [])
