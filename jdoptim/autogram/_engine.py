@@ -99,7 +99,8 @@ class Engine:
     the call is fine (the engine differentiates the value the module returned). A module that
     draws random numbers in its own forward (dropout inside a layer with parameters, in
     training mode) raises: keep dropout in separate modules. Calls replayed through
-    :mod:`torch.func` (every module but ``nn.Linear`` and, with a batch dimension, plain
+    :mod:`torch.func` (every module but ``nn.Linear``, ``nn.Embedding``, ``nn.LayerNorm``,
+    ``nn.RMSNorm``, ``nn.MultiheadAttention`` and, with a batch dimension, plain
     convolutions) are checked against a fingerprint of their recorded outputs: a module that
     mixes the samples, or whose parameters changed between the forward pass and
     :meth:`compute_gramian`, raises instead of giving a wrong Gramian.

@@ -18,6 +18,7 @@ from torch import Tensor, nn
 from torch.func import functional_call, vjp, vmap
 from torch.utils._pytree import tree_flatten, tree_unflatten
 
+from ._attention import attention_gramian, is_plain_attention
 from ._autocast import accumulation_dtype, replaying_under
 from ._broadcast import reduce_to_broadcast
 from ._convolution import convolution_gramian, is_plain_convolution
@@ -191,6 +192,8 @@ def _closed_form_gramian(
     dimension, convolutions.
     """
     names = {name for name, _ in named_parameters}
+    if is_plain_attention(call.module):
+        return attention_gramian(call, deltas, names, batched)
     if call.broadcast_shape is not None:
         deltas = [reduce_to_broadcast(deltas, call.broadcast_shape)]
     if (

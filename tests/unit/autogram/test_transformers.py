@@ -160,3 +160,59 @@ def test_no_vmap_fallback_notice_reaches_the_user() -> None:
         losses = _next_token_losses(model, torch.randint(0, VOCABULARY, (4, 6)))
         engine.compute_gramian(losses)
     assert not [w for w in caught if "batching rule" in str(w.message)]
+
+
+def _attention_losses(out: Tensor) -> Tensor:
+    flat = out.reshape(out.shape[0], -1)
+    return torch.stack([(flat**2).sum(1), flat.sin().sum(1)], dim=1)
+
+
+@pytest.mark.parametrize("batch_dim", [0, None])
+def test_attention_with_float_mask_per_head_and_weights(batch_dim: int | None) -> None:
+    torch.manual_seed(0)
+    attention = nn.MultiheadAttention(4, 2, batch_first=True).double()
+    x = torch.randn(3, 5, 4, dtype=torch.float64)
+    mask = torch.randn(3 * 2, 5, 5, dtype=torch.float64)  # one additive mask per sample and head
+    engine = Engine(attention, batch_dim=batch_dim)
+    out, weights = attention(x, x, x, attn_mask=mask)  # need_weights: the explicit path
+    losses = _attention_losses(out)
+    _check(attention, losses, batch_dim, engine)
+    # The attention weights receive gradient too: the call is replayed, exactly.
+    out, weights = attention(x, x, x, attn_mask=mask)
+    losses = _attention_losses(out) + weights.sum((1, 2)).unsqueeze(1) ** 2
+    _check(attention, losses, batch_dim, engine)
+
+
+def test_attention_on_one_unbatched_sequence() -> None:
+    torch.manual_seed(0)
+    attention = nn.MultiheadAttention(4, 2).double()
+    x = torch.randn(5, 4, dtype=torch.float64)
+    engine = Engine(attention, batch_dim=None)
+    out, _ = attention(x, x, x, need_weights=False)
+    _check(attention, torch.stack([out.pow(2).sum(), out.sin().sum()]), None, engine)
+
+
+@pytest.mark.parametrize("batch_dim", [0, None])
+def test_attention_and_token_layers_need_no_replay(
+    batch_dim: int | None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import jdoptim.autogram._gramian as gramian_module
+
+    def refuse(*args: object, **kwargs: object) -> None:
+        raise AssertionError("replayed")
+
+    monkeypatch.setattr(gramian_module, "call_jacobians", refuse)
+    torch.manual_seed(0)
+    model = CausalLM(tie=False).double().eval()
+    engine = Engine(model, batch_dim=batch_dim)
+    losses = _next_token_losses(model, torch.randint(0, VOCABULARY, (4, 4)))
+    _check(model, losses, batch_dim, engine)
+
+
+def test_attention_with_dropout_in_training_is_refused() -> None:
+    attention = nn.MultiheadAttention(4, 2, dropout=0.5, batch_first=True).double()
+    engine = Engine(attention, batch_dim=0)
+    x = torch.randn(3, 5, 4, dtype=torch.float64)
+    out, _ = attention(x, x, x, need_weights=False)
+    with pytest.raises(ValueError, match="random"):
+        engine.compute_gramian(out.pow(2).sum((1, 2)))
