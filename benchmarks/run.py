@@ -478,6 +478,39 @@ def iwrm_workloads(quick: bool) -> list[Workload]:
     ]
 
 
+def _transformer_setup(configuration: str, name: str, batch: int) -> Setup:
+    def setup() -> Callable[[], object]:
+        import autogram_transformers
+
+        torch.manual_seed(0)
+        model = autogram_transformers.make_model(name)
+        step = autogram_transformers.make_step(configuration, name, model)
+        x, y = autogram_transformers.make_batch(name, batch)
+        return lambda: step(x, y)
+
+    return setup
+
+
+def transformer_workloads(quick: bool) -> list[Workload]:
+    """IWRM of the encoder and the causal language model of benchmarks/autogram_transformers.py."""
+    workloads = []
+    for name, batch in (("encoder", 32), ("causal_lm", 16)):
+        batch = 4 if quick else batch
+        workloads.append(
+            Workload(
+                name=f"IWRM transformer {name} batch={batch}",
+                baseline="summed",
+                configurations={
+                    c: _transformer_setup(c, name, batch) for c in ("summed", "autogram")
+                },
+                targets={"autogram": "≤ 2.5 (memory ≤ 1.5)"},
+                repeats=2 if quick else 10,
+                measure_memory=not quick,
+            )
+        )
+    return workloads
+
+
 def _optimizer_setup(configuration: str, m: int) -> Setup:
     def setup() -> Callable[[], object]:
         import optimizer_overhead
@@ -512,6 +545,7 @@ WORKLOAD_GROUPS: dict[str, Callable[[bool], list[Workload]]] = {
     "weighting": weighting_workloads,
     "mlp": mlp_workloads,
     "iwrm": iwrm_workloads,
+    "transformers": transformer_workloads,
     "optimizer": optimizer_workloads,
     "scalarizer": scalarizer_workloads,
 }

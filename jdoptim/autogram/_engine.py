@@ -8,11 +8,16 @@ from torch import Tensor, nn
 from ._autocast import accumulation_dtype, without_autocast
 from ._backward_pass import accumulate_gramian
 from ._batch_checks import check_batch_independence, check_losses_are_per_sample
+from ._broadcast import per_sample_stand_ins
 from ._convolution import is_plain_convolution_module
+from ._embedding import is_plain_embedding
 from ._graph import EngineParameter, find_used_parameters
 from ._layout import to_generalized_gramian
 from ._linear import is_plain_linear
 from ._module_hooks import CallRecorder, ModuleCall
+from ._normalization import is_plain_normalization
+from ._sharing import Signature, find_shared_calls, has_batch_shapes
+from ._vmap_warnings import quiet_vmap
 
 
 class Engine:
@@ -56,13 +61,19 @@ class Engine:
     **Batch dimension.** With ``batch_dim=d``, the losses are assumed independent across
     dimension ``d``: loss ``i`` along ``d`` depends only on sample ``i``. The gradients with
     respect to the layer outputs then take one backward pass per loss of a single sample, and
-    each layer's Jacobian comes from per-sample vector-Jacobian products. This requires every
-    tensor given to or returned by a module of the engine to hold the batch on its first
-    dimension, and every module between them and the losses to treat the samples
-    independently. Batch normalization using batch statistics, modules updating running
-    statistics in training mode, and recurrent modules raise a :class:`ValueError`; tensors
-    whose first dimension is not the batch size raise a :class:`ValueError` at
-    :meth:`compute_gramian`. Modules outside the engine that mix the samples (e.g. a batch norm
+    each layer's Jacobian comes from per-sample vector-Jacobian products. Every module between
+    the layers and the losses must treat the samples independently: batch normalization using
+    batch statistics, modules updating running statistics in training mode, and recurrent
+    modules raise a :class:`ValueError`. A call whose tensors do not hold the batch on their
+    first dimension (a position embedding called on ``torch.arange(T)``, a learned constant,
+    a shared table, broadcast into the batch later) serves every sample: its contribution is
+    computed exactly, from the per-sample gradients of the sums it is added into when it is
+    a closed-form layer added into batched tensors (``tokens + positions``), otherwise one
+    backward pass per loss, as without a batch dimension. Sizes alone
+    never decide it (a sequence as long as the batch is not taken for the batch): the first
+    call of each module with given shapes is tested with the gradients of the losses weighted
+    by sample, which scale slice by slice only for batched tensors (two backward passes, once).
+    Modules outside the engine that mix the samples (e.g. a batch norm
     between two layers of a partial engine) cannot be detected: use ``batch_dim=None`` then.
     The losses themselves must be per-sample losses: shapes alone cannot tell a vector of
     ``B`` per-sample losses from ``B`` task losses that each average the batch of ``B``
@@ -88,7 +99,8 @@ class Engine:
     the call is fine (the engine differentiates the value the module returned). A module that
     draws random numbers in its own forward (dropout inside a layer with parameters, in
     training mode) raises: keep dropout in separate modules. Calls replayed through
-    :mod:`torch.func` (every module but ``nn.Linear`` and, with a batch dimension, plain
+    :mod:`torch.func` (every module but ``nn.Linear``, ``nn.Embedding``, ``nn.LayerNorm``,
+    ``nn.RMSNorm``, ``nn.MultiheadAttention`` and, with a batch dimension, plain
     convolutions) are checked against a fingerprint of their recorded outputs: a module that
     mixes the samples, or whose parameters changed between the forward pass and
     :meth:`compute_gramian`, raises instead of giving a wrong Gramian.
@@ -147,6 +159,10 @@ class Engine:
             if next(module.parameters(recurse=False), None) is not None
         ]
         self._recorder = CallRecorder(layers, self._replays)
+        #: Per module and shapes: whether its calls serve every sample at once (see _sharing).
+        self._verdicts: dict[Signature, bool] = {}
+        #: Per call signature and shapes of its sums: whether it has a per-sample stand-in.
+        self._broadcast_verdicts: dict[tuple[Signature, tuple[tuple[int, ...], ...]], bool] = {}
         self._removed = False
 
     def compute_gramian(self, output: Tensor, /) -> Tensor:
@@ -192,28 +208,53 @@ class Engine:
         used = find_used_parameters(output, calls, self._parameters)
         relevant = [call for call in calls if call in used]
         for call in relevant:
-            _check_call(call, samples if batch_dim is not None else None, self.batch_dim)
+            _check_call(call)
         if not relevant:
             return to_generalized_gramian(gramian, shape, batch_dim)
+        shared: set[ModuleCall] = set()
         if batch_dim is not None:
-            # The outputs of the last layer called: the cheapest to differentiate the losses to.
-            last = [edge for edge in relevant[-1].output_edges if edge is not None]
-            check_losses_are_per_sample(output, batch_dim, last, samples)
+            batched = [call for call in relevant if has_batch_shapes(call, samples)]
+            if batched:
+                # The outputs of the last layer called: the cheapest to differentiate the
+                # losses to.
+                last = [edge for edge in batched[-1].output_edges if edge is not None]
+                check_losses_are_per_sample(output, batch_dim, last, samples)
+            shared = find_shared_calls(output, batch_dim, samples, relevant, self._verdicts)
         groups = _groups_sharing_parameters(relevant, used)
-        grad_outputs = _row_selectors(output, batch_dim, rows)
+        per_sample = [group for group in groups if not shared.intersection(group)]
+        per_loss = [group for group in groups if shared.intersection(group)]
+        if per_loss:
+            assert batch_dim is not None
+            alone = {group[0] for group in per_loss if len(group) == 1}
+            stand_ins = per_sample_stand_ins(
+                output, batch_dim, samples, alone, self._broadcast_verdicts
+            )
+            for call, stand_in in stand_ins.items():
+                used[stand_in] = used[call]
+                per_sample.append([stand_in])
+            per_loss = [group for group in per_loss if group[0] not in stand_ins]
         self._recorder.enabled = False  # Replays call the modules: they must not be recorded.
         try:
-            with without_autocast():  # replays restore the autocast of their forward pass
-                accumulate_gramian(
-                    output, grad_outputs, rows, groups, used, batch_dim is not None, gramian
-                )
+            with without_autocast(), quiet_vmap():  # replays restore their forward's autocast
+                if per_sample:
+                    grad_outputs = _row_selectors(output, batch_dim, rows)
+                    accumulate_gramian(
+                        output, grad_outputs, rows, per_sample, used, batch_dim is not None, gramian
+                    )
+                if per_loss:
+                    # Calls that serve every sample at once: one row per loss, exactly.
+                    assert batch_dim is not None
+                    selectors = _loss_selectors(output, batch_dim)
+                    accumulate_gramian(output, selectors, size, per_loss, used, False, gramian)
         finally:
             self._recorder.enabled = True
         return to_generalized_gramian(gramian, shape, batch_dim)
 
     def _replays(self, module: nn.Module) -> bool:
         """Whether calls of ``module`` may be replayed (closed forms need no check of outputs)."""
-        if is_plain_linear(module):
+        if is_plain_linear(module) or is_plain_embedding(module):
+            return False
+        if is_plain_normalization(module):
             return False
         return self.batch_dim is None or not is_plain_convolution_module(module)
 
@@ -250,7 +291,7 @@ class Engine:
         return f"Engine({len(self._parameters)} parameters, batch_dim={self.batch_dim})"
 
 
-def _check_call(call: ModuleCall, samples: int | None, batch_dim: int | None) -> None:
+def _check_call(call: ModuleCall) -> None:
     name = type(call.module).__name__
     if call.modifies_inputs:
         raise ValueError(
@@ -263,19 +304,6 @@ def _check_call(call: ModuleCall, samples: int | None, batch_dim: int | None) ->
             "called, so the `Engine` cannot replay its call. Use an out-of-place operation "
             "(e.g. `torch.relu(x)` instead of `x.relu_()`) or clone the tensor before."
         )
-    if samples is None:
-        return
-    shapes = [t.shape for t in call.input_tensors]
-    outputs = zip(call.output_shapes, call.output_edges, strict=True)
-    shapes += [shape for shape, edge in outputs if edge is not None]
-    for shape in shapes:
-        if len(shape) == 0 or shape[0] != samples:
-            raise ValueError(
-                f"With `batch_dim={batch_dim}` (batch size {samples}), every tensor given to or "
-                f"returned by a module of the engine must have the batch on its first dimension, "
-                f"but the module {name} got or returned a tensor of shape {list(shape)}. Use "
-                "`batch_dim=None`."
-            )
 
 
 def _row_selectors(output: Tensor, batch_dim: int | None, rows: int) -> Tensor:
@@ -294,6 +322,15 @@ def _row_selectors(output: Tensor, batch_dim: int | None, rows: int) -> Tensor:
     others = [size for d, size in enumerate(shape) if d != batch_dim]
     selectors = identity.reshape(rows, *others).unsqueeze(1 + batch_dim)
     return selectors.expand(rows, *shape).contiguous()
+
+
+def _loss_selectors(output: Tensor, batch_dim: int) -> Tensor:
+    """``grad_outputs`` selecting each loss alone, row ``t * B + b`` for the loss ``(t, b)``."""
+    samples = output.shape[batch_dim]
+    size = output.numel()
+    others = [n for d, n in enumerate(output.shape) if d != batch_dim]
+    identity = torch.eye(size, dtype=output.dtype, device=output.device)
+    return identity.reshape(size, *others, samples).movedim(-1, 1 + batch_dim).contiguous()
 
 
 def _groups_sharing_parameters(

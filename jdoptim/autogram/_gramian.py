@@ -18,10 +18,14 @@ from torch import Tensor, nn
 from torch.func import functional_call, vjp, vmap
 from torch.utils._pytree import tree_flatten, tree_unflatten
 
+from ._attention import attention_gramian, is_plain_attention
 from ._autocast import accumulation_dtype, replaying_under
+from ._broadcast import reduce_to_broadcast
 from ._convolution import convolution_gramian, is_plain_convolution
+from ._embedding import embedding_gramian, is_plain_embedding
 from ._linear import is_plain_linear, linear_gramian
 from ._module_hooks import ModuleCall, slice_sums
+from ._normalization import is_plain_normalization, normalization_gramian
 
 NamedParameters = list[tuple[str, nn.Parameter]]
 
@@ -182,8 +186,16 @@ def _closed_form_gramian(
     named_parameters: NamedParameters,
     batched: bool,
 ) -> Tensor | None:
-    """The Gramian of a single call of a linear layer or convolution, or None for others."""
+    """The Gramian of a single call of a layer with a closed form, or None for others.
+
+    Closed forms: linear layers, embeddings, layer and RMS normalisations and, with a batch
+    dimension, convolutions.
+    """
     names = {name for name, _ in named_parameters}
+    if is_plain_attention(call.module):
+        return attention_gramian(call, deltas, names, batched)
+    if call.broadcast_shape is not None:
+        deltas = [reduce_to_broadcast(deltas, call.broadcast_shape)]
     if (
         len(call.args) != 1
         or not isinstance(call.args[0], Tensor)
@@ -194,6 +206,11 @@ def _closed_form_gramian(
     ):
         return None
     x, delta = call.args[0], deltas[0]
+    if is_plain_embedding(call.module) and names == {"weight"}:
+        assert isinstance(call.module, nn.Embedding)
+        return embedding_gramian(call.module, x, delta, batched)
+    if is_plain_normalization(call.module):
+        return normalization_gramian(call.module, x, delta, names, batched)
     if is_plain_linear(call.module):
         return linear_gramian(call.module, x, delta, names, batched)
     if batched and is_plain_convolution(call.module, x):

@@ -44,6 +44,9 @@ class ModuleCall:
     complete: bool = False
     #: Autocast as it was during the call, so that a replay computes in the same dtypes.
     autocast: tuple[AutocastState, ...] = ()
+    #: For a stand-in of a call without a batch dimension (see ``_broadcast``): the shape of
+    #: its output, whose per-sample gradient is the sum of its outputs' gradients reduced to it.
+    broadcast_shape: torch.Size | None = None
 
     @property
     def effective_parent(self) -> ModuleCall | None:

@@ -66,14 +66,6 @@ def test_recurrent_module_is_refused_with_a_batch_dim() -> None:
         Engine(nn.LSTM(2, 3, batch_first=True), batch_dim=0)
 
 
-def test_tensor_not_batched_on_the_first_dimension() -> None:
-    layer = nn.Linear(3, 2).double()
-    engine = Engine(layer, batch_dim=1)
-    losses = layer(_x(5, 4, 3)).sum(-1)  # [5, 4]: the batch (dim 1) is not first for the layer
-    with pytest.raises(ValueError, match="first dimension"):
-        engine.compute_gramian(losses)
-
-
 @pytest.mark.parametrize("batch_dim", [2, -3])
 def test_batch_dim_out_of_range(batch_dim: int) -> None:
     layer = nn.Linear(3, 2).double()
@@ -276,7 +268,8 @@ def test_module_mixing_the_samples_is_detected_at_replay() -> None:
 
 
 def test_parameters_changed_between_forward_and_gramian() -> None:
-    model = nn.Sequential(nn.Linear(3, 3), nn.LayerNorm(3)).double()
+    # A replayed module (layer norm has a closed form from the recorded input and gradients).
+    model = nn.Sequential(nn.Linear(3, 3), nn.GroupNorm(1, 3)).double()
     engine = Engine(model, batch_dim=0)
     losses = model(_x(4, 3)).pow(2).sum(1)
     with torch.no_grad():
