@@ -20,6 +20,7 @@ from torch.utils._pytree import tree_flatten, tree_unflatten
 
 from ._autocast import accumulation_dtype, replaying_under
 from ._convolution import convolution_gramian, is_plain_convolution
+from ._gather import current as gathering_in_effect
 from ._linear import is_plain_linear, linear_gramian
 from ._module_hooks import ModuleCall, slice_sums
 
@@ -33,6 +34,9 @@ def group_gramian(
     batched: bool,
 ) -> Tensor:
     """The ``[R, R]`` Gramian of the parameters used by ``calls`` (summed over the calls)."""
+    across_ranks = gathering_in_effect()
+    if across_ranks is not None:
+        return across_ranks.group_gramian(calls, deltas, used, batched)
     if len(calls) == 1:
         closed_form = _closed_form_gramian(calls[0], deltas[calls[0]], used[calls[0]], batched)
         if closed_form is not None:

@@ -445,6 +445,7 @@ class JacobianOptimizer(SharedAttributes, Optimizer):
                 context.groups,
                 loss_list,
                 retain_graph,
+                self._sync,
             )
         if features is not None and at_features:
             return plan_feature_level(context, loss_list, features, grad_tensors, retain_graph)
