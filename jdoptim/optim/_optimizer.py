@@ -111,8 +111,10 @@ class JacobianOptimizer(SharedAttributes, Optimizer):
         engine: an :class:`jdoptim.autogram.Engine` over the model; selects Gramian mode.
         parallel_chunk_size: rows of the Jacobian per vectorised backward pass (see
             :func:`jdoptim.autojac.jac`); ``None`` means all at once.
-        process_group: a ``torch.distributed`` process group over which Jacobian mode averages
-            the Jacobian; ``None`` for one process.
+        process_group: a ``torch.distributed`` process group: Jacobian and multi-task modes
+            average the Jacobian (aggregation sharded across the ranks when every aggregator
+            allows it), Gramian mode weights the losses of all ranks from their global Gramian;
+            ``None`` for one process.
 
     Attributes:
         record_gramians: when ``True``, groups whose aggregator is not Gramian-weighted also
