@@ -9,8 +9,15 @@ check). The model is wrapped in ``DistributedDataParallel`` (which broadcasts ra
 parameters at construction); its forward runs under ``no_sync()``, since the optimizer, not
 DDP, synchronises the gradients in Jacobian mode.
 
+``--mode`` picks the optimizer's mode: ``multi-task`` (the default: ``features=``, one
+all-reduce of the Jacobian per step), ``jacobian`` (the task losses without ``features``:
+UPGrad's aggregation is sharded across the ranks: a reduce-scatter of the Jacobian, an
+all-reduce of the Gramians, an all-gather of the update) or ``gramian`` (one loss per sample and
+an ``autogram.Engine``: the Gramian of the losses of all ranks, from the gathered activations and
+output gradients of each layer).
+
 Run on CPU with two processes (gloo backend):
-``torchrun --nproc_per_node=2 examples/distributed.py --steps 50``.
+``torchrun --nproc_per_node=2 examples/distributed.py --steps 50 [--mode gramian]``.
 Without ``torchrun``, it runs in one process on the whole batch.
 """
 
@@ -27,6 +34,9 @@ from torch.nn.parallel import DistributedDataParallel
 
 from jdoptim import JacobianOptimizer
 from jdoptim.aggregation import UPGrad
+from jdoptim.autogram import Engine
+
+MODES = ("multi-task", "jacobian", "gramian")
 
 
 class MultiTaskModel(nn.Module):
@@ -59,6 +69,7 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
     parser = argparse.ArgumentParser(description="Jacobian descent over torch.distributed.")
     parser.add_argument("--steps", type=int, default=50, help="optimisation steps")
     parser.add_argument("--batch-size", type=int, default=64, help="the full batch (all ranks)")
+    parser.add_argument("--mode", choices=MODES, default="multi-task", help="optimizer mode")
     args = parser.parse_args(argv)
 
     # torchrun sets RANK, WORLD_SIZE, MASTER_ADDR and MASTER_PORT; without them, one process.
@@ -80,6 +91,7 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
     optimizer = JacobianOptimizer(
         torch.optim.Adam(model.parameters(), lr=1e-2),
         UPGrad(),
+        engine=Engine(model, batch_dim=0) if args.mode == "gramian" else None,
         process_group=dist.group.WORLD if distributed else None,
     )
 
@@ -89,9 +101,14 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
         x, targets = make_batch(step, args.batch_size)
         with ddp.no_sync() if ddp is not None else nullcontext():
             features, outputs = forward(x[shard])
-        losses = task_losses(outputs, targets[shard])
         optimizer.zero_grad()
-        optimizer.step(losses, features=features)
+        if args.mode == "multi-task":
+            optimizer.step(task_losses(outputs, targets[shard]), features=features)
+        elif args.mode == "jacobian":
+            optimizer.step(task_losses(outputs, targets[shard]))
+        else:  # one loss per sample: the mean of its squared errors
+            errors = torch.stack(outputs, dim=1) - targets[shard]
+            optimizer.step(errors.pow(2).mean(dim=1))
         with torch.no_grad():  # the losses of the full batch, for the record
             history.append([loss.item() for loss in task_losses(model(x)[1], targets)])
 
@@ -105,7 +122,10 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
         dist.destroy_process_group()
     if rank == 0:
         first, last = history[0], history[-1]
-        print(f"processes: {world_size}, full batch: {args.batch_size}, steps: {args.steps}")
+        print(
+            f"mode: {args.mode}, processes: {world_size}, full batch: {args.batch_size}, "
+            f"steps: {args.steps}"
+        )
         print(f"full-batch losses after step 1: {first[0]:.6f} {first[1]:.6f}")
         print(f"full-batch losses after step {args.steps}: {last[0]:.6f} {last[1]:.6f}")
         print(f"parameter checksum: {parameters.double().sum().item():.6f}")

@@ -11,6 +11,7 @@ from ._batch_checks import check_batch_independence, check_losses_are_per_sample
 from ._broadcast import per_sample_stand_ins
 from ._convolution import is_plain_convolution_module
 from ._embedding import is_plain_embedding
+from ._gather import current as gathering_in_effect
 from ._graph import EngineParameter, find_used_parameters
 from ._layout import to_generalized_gramian
 from ._linear import is_plain_linear
@@ -194,6 +195,12 @@ class Engine:
         samples = 1 if batch_dim is None else shape[batch_dim]
         rows = output.numel() // samples if samples else 0
         size = rows * samples
+        across_ranks = gathering_in_effect()
+        if across_ranks is not None and batch_dim is not None:
+            # The Gramian of the losses of every rank, concatenated along the batch dimension.
+            global_samples = across_ranks.global_samples(samples, output.device)
+            shape = (*shape[:batch_dim], global_samples, *shape[batch_dim + 1 :])
+            size = rows * global_samples
         # Float32 for half-precision losses: the Gramian of GradScaler-scaled losses (e.g.
         # under autocast) overflows float16.
         gramian = output.new_zeros(size, size, dtype=accumulation_dtype(output.dtype))

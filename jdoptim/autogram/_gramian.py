@@ -23,6 +23,7 @@ from ._autocast import accumulation_dtype, replaying_under
 from ._broadcast import reduce_to_broadcast
 from ._convolution import convolution_gramian, is_plain_convolution
 from ._embedding import embedding_gramian, is_plain_embedding
+from ._gather import current as gathering_in_effect
 from ._linear import is_plain_linear, linear_gramian
 from ._module_hooks import ModuleCall, slice_sums
 from ._normalization import is_plain_normalization, normalization_gramian
@@ -37,6 +38,9 @@ def group_gramian(
     batched: bool,
 ) -> Tensor:
     """The ``[R, R]`` Gramian of the parameters used by ``calls`` (summed over the calls)."""
+    across_ranks = gathering_in_effect()
+    if across_ranks is not None:
+        return across_ranks.group_gramian(calls, deltas, used, batched)
     if len(calls) == 1:
         closed_form = _closed_form_gramian(calls[0], deltas[calls[0]], used[calls[0]], batched)
         if closed_form is not None:

@@ -12,6 +12,7 @@ from ._feature_backward import feature_backward
 from ._jac import jac
 from ._jac_to_grad import jac_to_grad
 from ._mtl_backward import mtl_backward
+from ._sharded_jac_to_grad import sharded_jac_to_grad
 
 __all__ = [
     "all_reduce_jac",
@@ -20,4 +21,5 @@ __all__ = [
     "jac",
     "jac_to_grad",
     "mtl_backward",
+    "sharded_jac_to_grad",
 ]

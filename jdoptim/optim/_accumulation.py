@@ -10,10 +10,11 @@ from __future__ import annotations
 from torch import Tensor
 
 from ..autojac._jac_fields import get_jac
+from ..autojac._matrix import to_matrix
 from ._context import Context
-from ._distributed import reduce_jacobian
 from ._groups import Block, aggregate_blocks
 from ._plan import Plan
+from ._sharded import reduce_and_aggregate, uses_sharding
 
 
 def check_rows(jacs: list[tuple[Tensor, Tensor]]) -> None:
@@ -44,21 +45,21 @@ def plan_accumulated(context: Context, losses: Tensor | None) -> Plan:
         )
     jacobians = [get_jac(p) for p in params]
     present = [j for j in jacobians if j is not None]
-    extra = [losses] if losses is not None and context.needs_losses else []
-    if context.sync.active and not extra:
+    wanted = losses if losses is not None and context.needs_losses else None
+    if context.sync.active and wanted is None and not uses_sharding(context, blocks):
         # Reduced in a copy: the accumulated .jac stay as they were if anything fails later.
+        # (With extra tensors the buffer is a copy anyway; sharding reads them only.)
         present = [jacobian.clone() for jacobian in present]
-    # With extra tensors the buffer is a copy anyway.
-    matrix, reduced = reduce_jacobian(context.sync, present, present[0].shape[0], extra)
-    del jacobians, present
-    with context.sync.same_randomness(matrix.device):
+    m = present[0].shape[0]
+    del jacobians
+    if context.sync.active:
+        plan = reduce_and_aggregate(context, blocks, present, m, wanted)
+    else:
+        matrix = to_matrix(present, m)[1]
         plan = aggregate_blocks(
-            blocks,
-            matrix,
-            len(context.groups),
-            context.record_gramians,
-            losses=reduced[0] if reduced else losses,
+            blocks, matrix, len(context.groups), context.record_gramians, losses=losses
         )
+    del present
     plan.clear_jacs = params
     return plan
 

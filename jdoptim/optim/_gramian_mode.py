@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable
+from contextlib import nullcontext
 from typing import Any, Protocol, cast
 
 import torch
@@ -11,6 +12,9 @@ from torch import Tensor
 
 from .._generalized_gramian import to_square
 from ..aggregation import Flattening, GeneralizedWeighting, Weighting
+from ..autogram._gather import gathering
+from ._distributed import Sync
+from ._gramian_ranks import global_losses, local_weights, summed_gradients
 from ._jacobian_mode import NO_PARAMETER, used_leaves
 from ._plan import Plan
 
@@ -40,8 +44,12 @@ def plan_gramian(
     groups: list[list[Tensor]],
     losses: list[Tensor],
     retain_graph: bool,
+    sync: Sync | None = None,
 ) -> Plan:
-    """Weights ``W(G)`` of the Gramian of the losses; the plan's backward writes ``Jᵀ w``."""
+    """Weights ``W(G)`` of the Gramian of the losses; the plan's backward writes ``Jᵀ w``.
+
+    With an active ``sync``, ``G`` is the Gramian of the global losses (see ``_gramian_ranks``)
+    and the plan holds the summed gradients instead of a backward."""
     output = stack_losses(losses)
     batch_dim = engine.batch_dim
     # Checked before a scalar loss becomes a vector of one loss: a mean-reduced loss has no
@@ -55,24 +63,34 @@ def plan_gramian(
     if output.dim() == 0:
         output = output.reshape(1)
     used = used_leaves([output])
-    inputs = [p for params in groups for p in params if id(p) in used]
-    if not inputs:
+    across = sync is not None and sync.active
+    # Across ranks every parameter takes part (zero where unused): one layout for the all-reduce.
+    inputs = [p for params in groups for p in params if across or id(p) in used]
+    if not any(id(p) in used for p in inputs):
         raise ValueError(NO_PARAMETER)
-    gramian = engine.compute_gramian(output)
+    values = output.detach()
+    state = None
+    if sync is not None and across:
+        with gathering(sync.process_group) as state:
+            gramian = engine.compute_gramian(output)
+            values = global_losses(state, values, batch_dim)
+    else:
+        gramian = engine.compute_gramian(output)
     if not isinstance(weighting, GeneralizedWeighting) and output.dim() > 1:
         weighting = Flattening(weighting)
     known_finite = bool(torch.isfinite(gramian).all())
     if known_finite:
-        if weighting.requires_losses:
-            weights = weighting(gramian, losses=output.detach()).detach()
-        else:
-            weights = weighting(gramian).detach()
+        with nullcontext() if sync is None else sync.same_randomness(gramian.device):
+            if weighting.requires_losses:
+                weights = weighting(gramian, losses=values).detach()
+            else:
+                weights = weighting(gramian).detach()
         known_finite = bool(torch.isfinite(weights).all())
     else:
-        weights = torch.full_like(output, math.nan)
-    if weights.shape != output.shape:
+        weights = torch.full_like(values, math.nan)
+    if weights.shape != values.shape:
         raise ValueError(
-            f"`weighting` must return weights of the shape of the losses {list(output.shape)}, "
+            f"`weighting` must return weights of the shape of the losses {list(values.shape)}, "
             f"but returned shape {list(weights.shape)}."
         )
     weights = weights.to(output.dtype)
@@ -83,6 +101,15 @@ def plan_gramian(
     known_finite = known_finite and all(
         id(p) in covered and p.dtype != torch.float16 for p in inputs
     )
+
+    if sync is not None and state is not None:
+        mine = local_weights(state, weights, batch_dim)
+        return Plan(
+            grads=summed_gradients(output, mine, inputs, retain_graph, sync.process_group),
+            weights=tuple(weights for _ in groups),
+            gramians=tuple(square for _ in groups),
+            known_finite=known_finite,
+        )
 
     def weighted_backward() -> None:
         # Accumulate out of place, so that the previous .grad tensors stay intact.

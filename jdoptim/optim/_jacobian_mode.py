@@ -11,9 +11,8 @@ from ..autojac._checks import check_multipliers
 from ..autojac._graph import leaves_in_order_of_first_use
 from ..autojac._jacobian import compute_jacobians, number_of_rows
 from ._context import Context
-from ._distributed import reduce_jacobian
-from ._groups import aggregate_blocks
 from ._plan import Plan
+from ._sharded import reduce_and_aggregate
 
 NO_PARAMETER = (
     "`losses` must depend on some parameter of the optimizer that requires grad, but they depend "
@@ -45,17 +44,9 @@ def plan_jacobian(
     if not aggregate:
         return Plan(jacs=list(zip(inputs, jacobians, strict=True)), losses=values)
     m = number_of_rows(losses, jac_outputs)
-    extra = [values] if context.needs_losses else []
-    matrix, reduced = reduce_jacobian(context.sync, jacobians, m, extra)
-    del jacobians
-    with context.sync.same_randomness(matrix.device):
-        return aggregate_blocks(
-            blocks,
-            matrix,
-            len(context.groups),
-            context.record_gramians,
-            losses=reduced[0] if reduced else None,
-        )
+    return reduce_and_aggregate(
+        context, blocks, jacobians, m, values if context.needs_losses else None
+    )
 
 
 def used_leaves(roots: list[Tensor]) -> set[int]:

@@ -115,8 +115,8 @@ class JacobianOptimizer(SharedAttributes, Optimizer):
         engine: an :class:`jdoptim.autogram.Engine` over the model; selects Gramian mode.
         parallel_chunk_size: rows of the Jacobian per vectorised backward pass (see
             :func:`jdoptim.autojac.jac`); ``"auto"`` (the default) chooses from the graph.
-        process_group: a ``torch.distributed`` process group over which Jacobian mode averages
-            the Jacobian; ``None`` for one process.
+        process_group: a ``torch.distributed`` process group to train across (see
+            :doc:`/examples/distributed`); ``None`` for one process.
 
     Attributes:
         record_gramians: when ``True``, groups whose aggregator is not Gramian-weighted also
@@ -448,6 +448,7 @@ class JacobianOptimizer(SharedAttributes, Optimizer):
                 context.groups,
                 loss_list,
                 retain_graph,
+                self._sync,
             )
         if features is not None and at_features:
             return plan_feature_level(context, loss_list, features, grad_tensors, retain_graph)

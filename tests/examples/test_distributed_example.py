@@ -21,7 +21,8 @@ def _last_losses(output: str) -> list[float]:
 
 
 @pytest.mark.timeout(200)
-def test_two_processes_match_one_process(capsys: pytest.CaptureFixture[str]) -> None:
+@pytest.mark.parametrize("mode", ["multi-task", "jacobian", "gramian"])
+def test_two_processes_match_one_process(capsys: pytest.CaptureFixture[str], mode: str) -> None:
     env = {
         **os.environ,
         "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
@@ -41,10 +42,12 @@ def test_two_processes_match_one_process(capsys: pytest.CaptureFixture[str]) -> 
         str(ROOT / "examples" / "distributed.py"),
         "--steps",
         str(STEPS),
+        "--mode",
+        mode,
     ]
     result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=150)
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "processes: 2, full batch: 64" in result.stdout
+    assert f"mode: {mode}, processes: 2, full batch: 64" in result.stdout
     assert "identical parameters on every rank: True" in result.stdout
 
     spec = importlib.util.spec_from_file_location(
@@ -53,8 +56,8 @@ def test_two_processes_match_one_process(capsys: pytest.CaptureFixture[str]) -> 
     assert spec is not None and spec.loader is not None
     example = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(example)
-    single = example.main(["--steps", str(STEPS)])  # not launched by torchrun: one process
-    assert "processes: 1, full batch: 64" in capsys.readouterr().out
+    single = example.main(["--steps", str(STEPS), "--mode", mode])  # one process
+    assert f"mode: {mode}, processes: 1, full batch: 64" in capsys.readouterr().out
     assert single["identical"] is True
     # Half of the batch on each process gives the steps of one process holding all of it.
     assert _last_losses(result.stdout) == pytest.approx(single["history"][-1], rel=1e-4)
