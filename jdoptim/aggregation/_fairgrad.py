@@ -90,6 +90,10 @@ class FairGradWeighting(Weighting):
             return result
 
         max_evaluations = self.max_iters if self.max_iters is not None else 100 * size
+        root = _newton_root(normalised, exponent, max_evaluations)
+        if root is not None:
+            found: np.ndarray = kappa ** (-self.alpha / (1.0 + self.alpha)) * root
+            return found
         solution = _require_scipy_optimize().least_squares(
             residual,
             np.full(size, 1.0 / size),
@@ -102,6 +106,33 @@ class FairGradWeighting(Weighting):
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(alpha={self.alpha!r}, max_iters={self.max_iters!r})"
+
+
+def _newton_root(matrix: np.ndarray, exponent: float, max_steps: int) -> np.ndarray | None:
+    """The root ``v > 0`` of ``matrix @ v = v ** exponent`` by damped Newton steps from ``1/m``,
+    or None when they do not reach it to near machine precision (then the least-squares solver
+    decides). Where a root exists it is unique, so both find the same one; Newton needs a few
+    ``m × m`` solves instead of scipy's overhead (~4 ms per call at m = 2)."""
+    size = matrix.shape[0]
+    v = np.full(size, 1.0 / size)
+    for _ in range(min(max_steps, 100)):
+        power = np.power(v, exponent)
+        residual = matrix @ v - power
+        scale = np.abs(matrix @ v).max() + np.abs(power).max()
+        if np.abs(residual).max() <= 1e-13 * scale:
+            return v
+        jacobian = matrix - np.diag(exponent * power / v)
+        try:
+            step = np.linalg.solve(jacobian, residual)
+        except np.linalg.LinAlgError:
+            return None
+        t = 1.0
+        while np.any(v - t * step <= 0.0) and t > 1e-8:
+            t *= 0.5  # stay inside v > 0, where the system is defined
+        v = v - t * step
+        if not np.all(np.isfinite(v)) or np.any(v <= 0.0):
+            return None
+    return None
 
 
 class FairGrad(GramianWeightedAggregator):
