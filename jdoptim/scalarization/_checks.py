@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 import operator
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -92,14 +92,28 @@ def check_same_shape(values: Tensor, tensor: Tensor | None, name: str) -> None:
         )
 
 
-def adopt_optional_buffers(
-    module: nn.Module, state_dict: Mapping[str, Any], prefix: str, names: tuple[str, ...]
-) -> None:
-    """Before ``module`` loads ``state_dict``: each optional buffer of ``names`` that is None
-    here but saved there takes the saved tensor, so that a checkpoint of an instance whose
-    ``weights``/``reference`` were assigned after construction loads into a fresh instance built
-    with None."""
-    for name in names:
-        saved = state_dict.get(prefix + name)
-        if getattr(module, name) is None and isinstance(saved, Tensor):
-            setattr(module, name, saved.detach().clone())
+class OptionalBuffers(nn.Module):
+    """Mixin of the scalarizers whose configuration tensors may be None at construction and
+    assigned later (the papers re-sample the preference every batch): before a state dict is
+    loaded, each buffer named in ``_optional_buffers`` that is None here but saved there takes the
+    saved tensor, so that such a checkpoint loads into a fresh instance built with None."""
+
+    _optional_buffers: tuple[str, ...] = ()
+
+    def _load_from_state_dict(
+        self,
+        state_dict: dict[str, Any],
+        prefix: str,
+        local_metadata: dict[str, Any],
+        strict: bool,
+        missing_keys: list[str],
+        unexpected_keys: list[str],
+        error_msgs: list[str],
+    ) -> None:
+        for name in self._optional_buffers:
+            saved = state_dict.get(prefix + name)
+            if getattr(self, name) is None and isinstance(saved, Tensor):
+                setattr(self, name, saved.detach().clone())
+        super()._load_from_state_dict(
+            state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
+        )

@@ -2,19 +2,17 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 from torch import Tensor
 
 from ._base import Scalarizer
-from ._checks import adopt_optional_buffers, check_non_negative, check_same_shape, config_tensor
+from ._checks import OptionalBuffers, check_non_negative, check_same_shape, config_tensor
 
 # Under the square root of the distance to the ray: keeps its gradient finite on the ray.
 _EPS = 1e-12
 
 
-class PBI(Scalarizer):
+class PBI(OptionalBuffers, Scalarizer):
     r"""Penalty-based boundary intersection: :math:`d_1 + \theta d_2`.
 
     On the flattened tensors, with :math:`f = L - z^*` and the unit preference direction
@@ -47,6 +45,7 @@ class PBI(Scalarizer):
         23.0
     """
 
+    _optional_buffers = ("reference",)
     weights: Tensor
     reference: Tensor | None
 
@@ -70,21 +69,6 @@ class PBI(Scalarizer):
         perpendicular = f - d1 * direction
         d2: Tensor = (perpendicular @ perpendicular + _EPS).sqrt()
         return d1 + self.theta * d2
-
-    def _load_from_state_dict(
-        self,
-        state_dict: dict[str, Any],
-        prefix: str,
-        local_metadata: dict[str, Any],
-        strict: bool,
-        missing_keys: list[str],
-        unexpected_keys: list[str],
-        error_msgs: list[str],
-    ) -> None:
-        adopt_optional_buffers(self, state_dict, prefix, ("reference",))
-        super()._load_from_state_dict(
-            state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
-        )
 
     def __repr__(self) -> str:
         return (

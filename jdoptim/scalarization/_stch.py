@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 from torch import Tensor
 
 from ._base import Scalarizer
-from ._checks import adopt_optional_buffers, check_positive, check_same_shape, config_tensor
+from ._checks import OptionalBuffers, check_positive, check_same_shape, config_tensor
 
 
-class STCH(Scalarizer):
+class STCH(OptionalBuffers, Scalarizer):
     r"""Smooth Tchebycheff scalarization: :math:`\mu \log \sum_i \exp(y_i / \mu)` with
     :math:`y_i = \lambda_i (L_i - z^*_i)`.
 
@@ -41,6 +39,7 @@ class STCH(Scalarizer):
         3.0
     """
 
+    _optional_buffers = ("weights", "reference")
     weights: Tensor | None
     reference: Tensor | None
 
@@ -68,21 +67,6 @@ class STCH(Scalarizer):
         # The shift is a constant: the gradient of the value is then exactly the softmax.
         top = y.detach().max()
         return top + self.mu * torch.logsumexp((y - top) / self.mu, dim=0)
-
-    def _load_from_state_dict(
-        self,
-        state_dict: dict[str, Any],
-        prefix: str,
-        local_metadata: dict[str, Any],
-        strict: bool,
-        missing_keys: list[str],
-        unexpected_keys: list[str],
-        error_msgs: list[str],
-    ) -> None:
-        adopt_optional_buffers(self, state_dict, prefix, ("weights", "reference"))
-        super()._load_from_state_dict(
-            state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
-        )
 
     def __repr__(self) -> str:
         return (
