@@ -8,7 +8,7 @@ from typing import Any
 from torch import Tensor
 
 from ._all_reduce import all_reduce_buffer, check_initialized
-from ._checks import as_tensors, check_no_duplicates
+from ._checks import as_distinct_tensors
 from ._jac_fields import set_jac
 from ._jac_to_grad import _checked_jacobians
 from ._matrix import column_blocks, to_matrix
@@ -56,10 +56,7 @@ def all_reduce_jac(
                 [2., 1.]])
         >>> dist.destroy_process_group()
     """
-    tensor_list = as_tensors(tensors, "tensors")
-    if not tensor_list:
-        raise ValueError("`tensors` must contain at least one tensor, but got an empty sequence.")
-    check_no_duplicates(tensor_list, "tensors")
+    tensor_list = as_distinct_tensors(tensors, "tensors")
     if not isinstance(average, bool):
         raise TypeError(f"`average` must be a bool, but got {type(average).__name__}.")
     check_initialized()

@@ -7,6 +7,8 @@ from typing import Any
 
 from torch import Tensor
 
+from .._describe import describe
+
 
 def as_tensors(value: Tensor | Iterable[Tensor], name: str) -> list[Tensor]:
     """Turns a tensor or an iterable of tensors into a list, checking every element's type."""
@@ -120,3 +122,23 @@ def check_multipliers(
                 f"for an output of shape {expected}."
             )
     return values
+
+
+def as_distinct_tensors(value: Tensor | Iterable[Tensor], name: str) -> list[Tensor]:
+    """``value`` as a non-empty list of tensors, none of them twice."""
+    tensors = as_tensors(value, name)
+    if not tensors:
+        raise ValueError(f"`{name}` must contain at least one tensor, but got an empty sequence.")
+    check_no_duplicates(tensors, name)
+    return tensors
+
+
+def check_aggregator(aggregator: Any) -> None:
+    """Checks that ``aggregator`` is an :class:`~jdoptim.aggregation.Aggregator` instance."""
+    from ..aggregation import Aggregator
+
+    if not isinstance(aggregator, Aggregator):
+        raise TypeError(
+            "`aggregator` must be a jdoptim.aggregation.Aggregator, but got "
+            f"{describe(aggregator)}."
+        )

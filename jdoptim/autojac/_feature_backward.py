@@ -7,11 +7,11 @@ from collections.abc import Iterable, Sequence
 import torch
 from torch import Tensor
 
-from .._describe import describe
 from ..aggregation import Aggregator
 from ._aggregate import aggregate_matrix
 from ._checks import (
     as_tensors,
+    check_aggregator,
     check_multipliers,
     check_no_duplicates,
     check_outputs,
@@ -90,11 +90,7 @@ def feature_backward(
     feature_list = as_tensors(features, "features")
     check_require_grad(feature_list, "features")
     check_no_duplicates(feature_list, "features")
-    if not isinstance(aggregator, Aggregator):
-        raise TypeError(
-            "`aggregator` must be a jdoptim.aggregation.Aggregator, but got "
-            f"{describe(aggregator)}."
-        )
+    check_aggregator(aggregator)
     multipliers = check_multipliers(grad_tensors, loss_list, "grad_tensors", leading_dim=False)
     if multipliers is None:
         for i, loss in enumerate(loss_list):

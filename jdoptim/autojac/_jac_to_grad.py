@@ -7,10 +7,9 @@ from collections.abc import Iterable
 import torch
 from torch import Tensor
 
-from .._describe import describe
 from ..aggregation._bases import Aggregator
 from ._aggregate import aggregate_matrix
-from ._checks import as_tensors, check_no_duplicates
+from ._checks import as_distinct_tensors, check_aggregator
 from ._jac_fields import accumulate_grads, delete_jac, get_jac, set_jac
 from ._matrix import split_update, to_matrix
 
@@ -70,15 +69,8 @@ def jac_to_grad(
         >>> hasattr(param, "jac")
         False
     """
-    tensor_list = as_tensors(tensors, "tensors")
-    if not tensor_list:
-        raise ValueError("`tensors` must contain at least one tensor, but got an empty sequence.")
-    check_no_duplicates(tensor_list, "tensors")
-    if not isinstance(aggregator, Aggregator):
-        raise TypeError(
-            "`aggregator` must be a jdoptim.aggregation.Aggregator, but got "
-            f"{describe(aggregator)}."
-        )
+    tensor_list = as_distinct_tensors(tensors, "tensors")
+    check_aggregator(aggregator)
     jacobians = _checked_jacobians(tensor_list)
     m = jacobians[0].shape[0]
     # A .jac copied into the matrix becomes a view of it, so the original is freed right away:

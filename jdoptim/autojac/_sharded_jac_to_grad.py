@@ -8,10 +8,9 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .._describe import describe
 from ..aggregation._bases import Aggregator
 from ._all_reduce import check_initialized
-from ._checks import as_tensors, check_no_duplicates
+from ._checks import as_distinct_tensors, check_aggregator
 from ._jac_fields import accumulate_grads, delete_jac
 from ._jac_to_grad import _checked_jacobians
 from ._matrix import split_update, to_matrix
@@ -81,15 +80,8 @@ def sharded_jac_to_grad(
         (tensor([0.5000, 1.0000]), tensor([0.5000, 0.5000]))
         >>> dist.destroy_process_group()
     """
-    tensor_list = as_tensors(tensors, "tensors")
-    if not tensor_list:
-        raise ValueError("`tensors` must contain at least one tensor, but got an empty sequence.")
-    check_no_duplicates(tensor_list, "tensors")
-    if not isinstance(aggregator, Aggregator):
-        raise TypeError(
-            "`aggregator` must be a jdoptim.aggregation.Aggregator, but got "
-            f"{describe(aggregator)}."
-        )
+    tensor_list = as_distinct_tensors(tensors, "tensors")
+    check_aggregator(aggregator)
     if not shardable(aggregator):
         raise ValueError(
             "`aggregator` must be a GramianWeightedAggregator or aggregate each column on its "
