@@ -34,6 +34,31 @@ def embedding_gramian(module: nn.Embedding, x: Tensor, delta: Tensor, batched: b
     the per-row gradients restricted to the tokens of the call (``T B × U × d`` for ``U``
     distinct tokens). Computed in float32 or wider.
     """
+    flat, ids = embedding_rows(module, x, delta, batched)
+    size, positions, dim = flat.shape
+    dtype = flat.dtype
+    distinct, inverse = torch.unique(ids, return_inverse=True)
+    if (size * positions) ** 2 <= size * distinct.numel() * dim:
+        pairs = flat.reshape(size * positions, dim)
+        same = (ids.reshape(-1, 1) == ids.reshape(1, -1)).to(dtype)
+        kernel = (pairs @ pairs.T) * same
+        return kernel.reshape(size, positions, size, positions).sum(dim=(1, 3))
+    jacobian = flat.new_zeros(size, distinct.numel(), dim)
+    jacobian.scatter_add_(1, inverse.unsqueeze(-1).expand(-1, -1, dim), flat)
+    matrix = jacobian.reshape(size, -1)
+    return matrix @ matrix.T
+
+
+def embedding_rows(
+    module: nn.Embedding, x: Tensor, delta: Tensor, batched: bool
+) -> tuple[Tensor, Tensor]:
+    """The gradients added to the table by each position of each row, and their tokens.
+
+    Returns ``flat`` ``[T B, S, d]`` (``δ`` in float32 or wider, zero at the padding index,
+    divided by the token counts with ``scale_grad_by_freq``) and ``ids`` ``[T B, S]``: the
+    gradient of row ``r`` w.r.t. the table is ``flat[r, s]`` added to row ``ids[r, s]``, summed
+    over ``s``.
+    """
     dtype = accumulation_dtype(delta.dtype)
     rows = delta.shape[0]
     samples = x.shape[0] if batched else 1
@@ -47,17 +72,14 @@ def embedding_gramian(module: nn.Embedding, x: Tensor, delta: Tensor, batched: b
         delta = delta / counts[where].to(dtype).unsqueeze(-1)
     if module.padding_idx is not None:
         delta = delta * (tokens != module.padding_idx).unsqueeze(-1).to(dtype)
-    dim = delta.shape[-1]
-    size = rows * samples
-    flat = delta.reshape(size, positions, dim)
-    ids = tokens.repeat(rows, 1)  # row t * B + b reads the tokens of sample b
-    distinct, inverse = torch.unique(ids, return_inverse=True)
-    if (size * positions) ** 2 <= size * distinct.numel() * dim:
-        pairs = flat.reshape(size * positions, dim)
-        same = (ids.reshape(-1, 1) == ids.reshape(1, -1)).to(dtype)
-        kernel = (pairs @ pairs.T) * same
-        return kernel.reshape(size, positions, size, positions).sum(dim=(1, 3))
-    jacobian = flat.new_zeros(size, distinct.numel(), dim)
-    jacobian.scatter_add_(1, inverse.unsqueeze(-1).expand(-1, -1, dim), flat)
-    matrix = jacobian.reshape(size, -1)
-    return matrix @ matrix.T
+    flat = delta.reshape(rows * samples, positions, -1)
+    return flat, tokens.repeat(rows, 1)  # row t * B + b reads the tokens of sample b
+
+
+def scatter_rows(flat: Tensor, ids: Tensor, table_rows: Tensor) -> Tensor:
+    """The per-row gradients ``[T B, U, d]`` restricted to ``table_rows`` (sorted, ``[U]``),
+    which must contain every entry of ``ids``."""
+    where = torch.searchsorted(table_rows, ids)
+    jacobian = flat.new_zeros(flat.shape[0], table_rows.numel(), flat.shape[2])
+    jacobian.scatter_add_(1, where.unsqueeze(-1).expand(-1, -1, flat.shape[2]), flat)
+    return jacobian
