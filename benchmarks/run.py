@@ -494,7 +494,7 @@ def _transformer_setup(configuration: str, name: str, batch: int) -> Setup:
 def transformer_workloads(quick: bool) -> list[Workload]:
     """IWRM of the encoder and the causal language model of benchmarks/autogram_transformers.py."""
     workloads = []
-    for name, batch in (("encoder", 32), ("causal_lm", 16)):
+    for name, batch in (("encoder", 32), ("causal_lm", 16), ("causal_lm_tied", 16)):
         batch = 4 if quick else batch
         workloads.append(
             Workload(
