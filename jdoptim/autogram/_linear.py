@@ -29,8 +29,9 @@ def linear_gramian(
         \langle x_{bs}, x_{cr} \rangle,
 
     which is ``(δ δᵀ) ⊙ (x xᵀ)`` when ``S = 1``. The per-row gradients are formed instead when
-    they take fewer products (long sequences, narrow layers). The bias adds ``(Σ_s δ)(Σ_s δ)ᵀ``. Computed in float32 for
-    half-precision calls (under autocast, with ``x`` rounded as the layer used it).
+    they take fewer products (long sequences, narrow layers). The bias adds
+    ``(Σ_s δ)(Σ_s δ)ᵀ``. Computed in float32 for half-precision calls (under autocast, with
+    ``x`` rounded as the layer used it).
     """
     x, delta = as_computed(x, delta)
     in_features = x.shape[-1]

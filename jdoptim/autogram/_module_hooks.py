@@ -47,6 +47,13 @@ class ModuleCall:
     #: For a stand-in of a call without a batch dimension (see ``_broadcast``): the shape of
     #: its output, whose per-sample gradient is the sum of its outputs' gradients reduced to it.
     broadcast_shape: torch.Size | None = None
+    #: Tensors read from the call's part of the autograd graph, for a closed form that needs
+    #: intermediate values of the call (see ``_attention_graph``); its extra output edges, at
+    #: the end of ``output_edges``, point inside the call.
+    inner_saved: tuple[Tensor, ...] = ()
+    #: The name of the parameter that the single backward pass must reach so that the nodes of
+    #: those inner edges run (``None``: any parameter of the call).
+    backward_target: str | None = None
 
     @property
     def effective_parent(self) -> ModuleCall | None:
