@@ -77,9 +77,11 @@ def embedding_rows(
 
 
 def scatter_rows(flat: Tensor, ids: Tensor, table_rows: Tensor) -> Tensor:
-    """The per-row gradients ``[T B, U, d]`` restricted to ``table_rows`` (sorted, ``[U]``),
-    which must contain every entry of ``ids``."""
-    where = torch.searchsorted(table_rows, ids)
-    jacobian = flat.new_zeros(flat.shape[0], table_rows.numel(), flat.shape[2])
-    jacobian.scatter_add_(1, where.unsqueeze(-1).expand(-1, -1, flat.shape[2]), flat)
+    """The per-row gradients ``[T B, U, d]`` restricted to ``table_rows`` (sorted, ``[U]``):
+    the positions whose token is not among them are left out."""
+    count = table_rows.numel()
+    where = torch.searchsorted(table_rows, ids).clamp(max=count - 1)
+    inside = (table_rows[where] == ids).unsqueeze(-1).to(flat.dtype)
+    jacobian = flat.new_zeros(flat.shape[0], count, flat.shape[2])
+    jacobian.scatter_add_(1, where.unsqueeze(-1).expand(-1, -1, flat.shape[2]), flat * inside)
     return jacobian

@@ -29,7 +29,8 @@ def linear_gramian(
         \langle x_{bs}, x_{cr} \rangle,
 
     which is ``(δ δᵀ) ⊙ (x xᵀ)`` when ``S = 1``. The per-row gradients are formed instead when
-    they take fewer products (long sequences, narrow layers). The bias adds
+    they take fewer products (long sequences, narrow layers), by blocks of output features so
+    that they take no more memory than the call's input or output gradient. The bias adds
     ``(Σ_s δ)(Σ_s δ)ᵀ``. Computed in float32 for half-precision calls (under autocast, with
     ``x`` rounded as the layer used it).
     """
@@ -56,12 +57,18 @@ def linear_gramian(
             delta_kernel = (flat_delta @ flat_delta.T).reshape(size, positions, size, positions)
             gramian += (delta_kernel * x_kernel).sum(dim=(1, 3))
         else:
-            # Per-row gradients Σ_s δ[t, b, s]ᵀ x[b, s]: one batched product per sample.
-            by_sample = delta.permute(1, 0, 3, 2).reshape(samples, rows * out_features, positions)
-            weight_jacobian = torch.bmm(by_sample, x)  # [B, T·out, in]
-            weight_jacobian = weight_jacobian.reshape(samples, rows, -1).transpose(0, 1)
-            matrix = weight_jacobian.reshape(size, -1)
-            gramian += matrix @ matrix.T
+            # Per-row gradients Σ_s δ[t, b, s]ᵀ x[b, s], one batched product per sample, by
+            # blocks of output features no larger than the call's own tensors.
+            by_sample = delta.permute(1, 0, 3, 2)  # [B, T, out, S]
+            budget = max(x.numel(), delta.numel())
+            block = max(1, min(out_features, budget // (size * in_features)))
+            for start in range(0, out_features, block):
+                part = by_sample[:, :, start : start + block]
+                part = part.reshape(samples, rows * part.shape[2], positions)
+                weight_jacobian = torch.bmm(part, x)  # [B, T·block, in]
+                matrix = weight_jacobian.reshape(samples, rows, -1).transpose(0, 1)
+                matrix = matrix.reshape(size, -1)
+                gramian += matrix @ matrix.T
     if "bias" in names:
         bias_jacobian = delta.sum(dim=2).reshape(size, out_features)
         gramian += bias_jacobian @ bias_jacobian.T

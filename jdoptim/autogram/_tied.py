@@ -160,18 +160,28 @@ def _cross_with_embedding(first: _Use, second: _Use, batched: bool) -> Tensor:
     )
     assert isinstance(embedding.module, nn.Embedding)
     flat, ids = embedding_rows(embedding.module, embedding.x, embedding.delta, batched)
+    size, dim = flat.shape[0], flat.shape[2]
     if other.is_embedding:
         assert isinstance(other.module, nn.Embedding)
         other_flat, other_ids = embedding_rows(other.module, other.x, other.delta, batched)
         table_rows = torch.unique(torch.cat([ids.reshape(-1), other_ids.reshape(-1)]))
-        other_rows = scatter_rows(other_flat, other_ids, table_rows)
+        budget = max(flat.numel(), other_flat.numel())
     else:
         table_rows = torch.unique(ids)
         x, delta = _linear_rows(other, batched)
-        # Only the rows of the head's weight (its outputs) that the tokens touch.
-        other_rows = torch.einsum("rsu,rsi->rui", delta.index_select(-1, table_rows), x)
-    dtype = torch.promote_types(flat.dtype, other_rows.dtype)
-    rows = scatter_rows(flat.to(dtype), ids, table_rows).reshape(flat.shape[0], -1)
-    other_matrix = other_rows.to(dtype).reshape(rows.shape[0], -1)
-    cross = rows @ other_matrix.T
+        budget = max(flat.numel(), delta.numel(), x.numel())
+    dtype = flat.dtype if other.is_embedding else torch.promote_types(flat.dtype, delta.dtype)
+    cross = flat.new_zeros(size, size, dtype=dtype)
+    # By blocks of table rows, so that the per-row gradients take no more memory than the
+    # calls' own tensors.
+    block = max(1, budget // (size * dim))
+    for start in range(0, table_rows.numel(), block):
+        part = table_rows[start : start + block]
+        if other.is_embedding:
+            other_rows = scatter_rows(other_flat, other_ids, part)
+        else:
+            # Only the rows of the head's weight (its outputs) that the tokens touch.
+            other_rows = torch.einsum("rsu,rsi->rui", delta.index_select(-1, part), x)
+        rows = scatter_rows(flat.to(dtype), ids, part).reshape(size, -1)
+        cross += rows @ other_rows.to(dtype).reshape(size, -1).T
     return cross.T if swapped else cross

@@ -208,3 +208,17 @@ def test_embedding_tied_to_a_head_random_sizes(
     losses = torch.stack([out.pow(2).sum((1, 2)), out.sin().sum((1, 2))], dim=1)
     gramian = engine.compute_gramian(losses)
     torch.testing.assert_close(gramian, explicit_gramian(losses, trainable(model)), **TOLERANCE)
+
+
+@pytest.mark.usefixtures("no_replay")
+@pytest.mark.parametrize("batch_dim", [0, None])
+def test_tied_head_by_blocks_of_table_rows(batch_dim: int | None) -> None:
+    # Width 16 > 2 tokens per sequence: the cross term takes blocks of 2 of the 7 table rows.
+    torch.manual_seed(0)
+    embedding = nn.Embedding(7, 16).double()
+    head = nn.Linear(16, 7, bias=False).double()
+    head.weight = embedding.weight
+    model = nn.Sequential(embedding, nn.Tanh(), head)
+    engine = Engine(model, batch_dim=batch_dim)
+    out = model(torch.tensor([[0, 1], [2, 3], [4, 5], [6, 0]]))
+    _check(model, torch.stack([out.pow(2).sum((1, 2)), out.sin().sum((1, 2))], dim=1), engine)
