@@ -104,7 +104,8 @@ class Engine:
     training mode) raises: keep dropout in separate modules. Calls replayed through
     :mod:`torch.func` (every module but ``nn.Linear``, ``nn.Embedding``, ``nn.LayerNorm``,
     ``nn.RMSNorm``, ``nn.MultiheadAttention`` and, with a batch dimension, plain
-    convolutions) are checked against a fingerprint of their recorded outputs: a module that
+    convolutions, alone or sharing a parameter, as an output head tied to the token
+    embedding) are checked against a fingerprint of their recorded outputs: a module that
     mixes the samples, or whose parameters changed between the forward pass and
     :meth:`compute_gramian`, raises instead of giving a wrong Gramian.
 
