@@ -30,15 +30,17 @@ def embedding_gramian(module: nn.Embedding, x: Tensor, delta: Tensor, batched: b
 
     .. math:: G[(t, b), (u, c)] = \sum_{s, r} [x_{bs} = x_{cr}] \langle δ_{tbs}, δ_{ucr} \rangle.
 
-    The cheaper of two forms is used: that kernel over the ``(T B S)²`` pairs of positions, or
-    the per-row gradients restricted to the tokens of the call (``T B × U × d`` for ``U``
-    distinct tokens). Computed in float32 or wider.
+    The form with fewer products is used: that kernel over the ``(T B S)²`` pairs of positions
+    (``(T B S)² d``), or the per-row gradients restricted to the tokens of the call
+    (``T B × U × d`` for ``U`` distinct tokens, whose Gramian takes ``(T B)² U d``). Computed in
+    float32 or wider.
     """
     flat, ids = embedding_rows(module, x, delta, batched)
     size, positions, dim = flat.shape
     dtype = flat.dtype
     distinct, inverse = torch.unique(ids, return_inverse=True)
-    if (size * positions) ** 2 <= size * distinct.numel() * dim:
+    pairs_cost = (size * positions) ** 2 * (dim + 1)
+    if pairs_cost <= size * dim * (size * distinct.numel() + positions):
         pairs = flat.reshape(size * positions, dim)
         same = (ids.reshape(-1, 1) == ids.reshape(1, -1)).to(dtype)
         kernel = (pairs @ pairs.T) * same
