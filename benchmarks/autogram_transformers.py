@@ -7,7 +7,8 @@ Two models, one loss per sequence, float32 on the CPU:
 - ``causal_lm``: token and learned position embeddings (``nn.Embedding``), two pre-norm
   ``nn.TransformerEncoderLayer`` blocks with a causal mask, a final ``nn.LayerNorm`` and a
   linear head, on batches of 16 sequences of 16 tokens (next-token cross-entropy summed over
-  each sequence).
+  each sequence);
+- ``causal_lm_tied``: the same with the head's weight tied to the token embedding (no head bias).
 
 Configurations: ``summed`` (``losses.mean().backward()`` + SGD step, the floor) and
 ``autogram`` (``UPGradWeighting()(engine.compute_gramian(losses))``, ``losses.backward(weights)``
@@ -34,11 +35,11 @@ import torch
 from _memory import peak_growth_bytes
 from torch import Tensor, nn
 
-MODELS = ("encoder", "causal_lm")
+MODELS = ("encoder", "causal_lm", "causal_lm_tied")
 CONFIGURATIONS = ("summed", "autogram")
 VOCABULARY = 100
 #: (batch, sequence length) of each model.
-SHAPES = {"encoder": (32, 12), "causal_lm": (16, 16)}
+SHAPES = {"encoder": (32, 12), "causal_lm": (16, 16), "causal_lm_tied": (16, 16)}
 
 
 class Encoder(nn.Module):
@@ -55,9 +56,10 @@ class Encoder(nn.Module):
 
 
 class CausalLM(nn.Module):
-    """Token + position embeddings, two pre-norm causal blocks, final norm, linear head."""
+    """Token + position embeddings, two pre-norm causal blocks, final norm, linear head (its
+    weight tied to the token embedding with ``tie``)."""
 
-    def __init__(self, context: int = 64, dim: int = 64) -> None:
+    def __init__(self, context: int = 64, dim: int = 64, tie: bool = False) -> None:
         super().__init__()
         self.token = nn.Embedding(VOCABULARY, dim)
         self.position = nn.Embedding(context, dim)
@@ -68,7 +70,9 @@ class CausalLM(nn.Module):
             for _ in range(2)
         )
         self.norm = nn.LayerNorm(dim)
-        self.head = nn.Linear(dim, VOCABULARY)
+        self.head = nn.Linear(dim, VOCABULARY, bias=not tie)
+        if tie:
+            self.head.weight = self.token.weight
 
     def forward(self, tokens: Tensor) -> Tensor:
         length = tokens.shape[1]
@@ -85,6 +89,8 @@ def make_model(name: str) -> nn.Module:
         return Encoder()
     if name == "causal_lm":
         return CausalLM()
+    if name == "causal_lm_tied":
+        return CausalLM(tie=True)
     raise ValueError(f"`name` must be one of {MODELS}, but got {name!r}.")
 
 

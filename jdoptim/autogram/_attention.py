@@ -46,6 +46,8 @@ def attention_gramian(
         return None
     if module.training and module.dropout > 0.0:
         return None
+    if call.inner_saved:
+        return _from_graph(call, deltas, names, batched)
     if deltas[0] is None or any(d is not None for d in deltas[1:]):
         return None
     bound = _SIGNATURE.bind(module, *call.args, **call.kwargs)
@@ -107,6 +109,49 @@ def attention_gramian(
             parts.add("weight")
         if parts:
             gramian = gramian + linear_gramian(module, x, grad, parts, batched)
+    return gramian
+
+
+def _from_graph(
+    call: ModuleCall, deltas: list[Tensor | None], names: set[str], batched: bool
+) -> Tensor:
+    """The Gramian of a self-attention call whose projections were read from the graph.
+
+    ``deltas[0]`` is the gradient w.r.t. the call's output, ``deltas[-1]`` w.r.t. the fused
+    projection's output (``[R, L N, 3E]``, rows ``(l, n)``); ``call.inner_saved`` holds the
+    projection's input and the output projection's input (see ``_attention_graph``).
+    """
+    module = call.module
+    assert isinstance(module, nn.MultiheadAttention)
+    projected_input, attended = call.inner_saved
+    delta, projection_delta = deltas[0], deltas[-1]
+    shape = call.output_shapes[0]
+    if len(shape) == 2:  # one unbatched sequence [L, E]
+        samples, positions = 1, shape[0]
+    else:
+        samples, positions = (shape[0], shape[1]) if module.batch_first else (shape[1], shape[0])
+    dim = module.embed_dim
+    rows = next(d for d in (delta, projection_delta) if d is not None).shape[0]
+    if delta is None:
+        delta = attended.new_zeros(rows, samples, positions, dim)
+    elif len(shape) == 2:
+        delta = delta.unsqueeze(1)
+    elif not module.batch_first:
+        delta = delta.transpose(1, 2)
+    if projection_delta is None:
+        projection_delta = attended.new_zeros(rows, positions * samples, 3 * dim)
+
+    def per_sample(t: Tensor) -> Tensor:  # [.., L N, F] (rows (l, n)) -> [.., N, L, F]
+        return t.reshape(*t.shape[:-2], positions, samples, t.shape[-1]).transpose(-3, -2)
+
+    gramian = linear_gramian(
+        module.out_proj, per_sample(attended), delta, _names(names, "out_proj."), batched
+    )
+    parts = _names(names, "in_proj_")
+    if parts:
+        gramian = gramian + linear_gramian(
+            module, per_sample(projected_input), per_sample(projection_delta), parts, batched
+        )
     return gramian
 
 

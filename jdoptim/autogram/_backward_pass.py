@@ -156,6 +156,10 @@ def _cheapest_parameters(groups: list[list[ModuleCall]], used: Used) -> list[nn.
     targets: dict[int, nn.Parameter] = {}
     for group in groups:
         for call in group:
-            parameter = min((p for _, p in used[call]), key=lambda p: p.numel())
+            named = dict(used[call])
+            if call.backward_target in named:
+                parameter = named[call.backward_target]
+            else:
+                parameter = min(named.values(), key=lambda p: p.numel())
             targets.setdefault(id(parameter), parameter)
     return list(targets.values())

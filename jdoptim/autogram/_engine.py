@@ -5,8 +5,10 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from ._attention import is_plain_attention
+from ._attention_graph import with_projection_edge
 from ._autocast import accumulation_dtype, without_autocast
-from ._backward_pass import accumulate_gramian
+from ._backward_pass import Used, accumulate_gramian
 from ._batch_checks import check_batch_independence, check_losses_are_per_sample
 from ._broadcast import per_sample_stand_ins
 from ._convolution import is_plain_convolution_module
@@ -102,7 +104,8 @@ class Engine:
     training mode) raises: keep dropout in separate modules. Calls replayed through
     :mod:`torch.func` (every module but ``nn.Linear``, ``nn.Embedding``, ``nn.LayerNorm``,
     ``nn.RMSNorm``, ``nn.MultiheadAttention`` and, with a batch dimension, plain
-    convolutions) are checked against a fingerprint of their recorded outputs: a module that
+    convolutions, alone or sharing a parameter, as an output head tied to the token
+    embedding) are checked against a fingerprint of their recorded outputs: a module that
     mixes the samples, or whose parameters changed between the forward pass and
     :meth:`compute_gramian`, raises instead of giving a wrong Gramian.
 
@@ -240,6 +243,9 @@ class Engine:
                 used[stand_in] = used[call]
                 per_sample.append([stand_in])
             per_loss = [group for group in per_loss if group[0] not in stand_ins]
+        if across_ranks is None:
+            per_sample = [_reading_the_graph(group, used) for group in per_sample]
+            per_loss = [_reading_the_graph(group, used) for group in per_loss]
         self._recorder.enabled = False  # Replays call the modules: they must not be recorded.
         try:
             with without_autocast(), quiet_vmap():  # replays restore their forward's autocast
@@ -338,6 +344,19 @@ def _loss_selectors(output: Tensor, batch_dim: int) -> Tensor:
     others = [n for d, n in enumerate(output.shape) if d != batch_dim]
     identity = torch.eye(size, dtype=output.dtype, device=output.device)
     return identity.reshape(size, *others, samples).movedim(-1, 1 + batch_dim).contiguous()
+
+
+def _reading_the_graph(group: list[ModuleCall], used: Used) -> list[ModuleCall]:
+    """``group``, with a self-attention call alone in it replaced by one that also receives
+    the gradient of its fused projection (no recomputation of the attention, see
+    ``_attention_graph``)."""
+    if len(group) != 1 or not is_plain_attention(group[0].module):
+        return group
+    replaced = with_projection_edge(group[0])
+    if replaced is None:
+        return group
+    used[replaced] = used[group[0]]
+    return [replaced]
 
 
 def _groups_sharing_parameters(

@@ -27,6 +27,7 @@ from ._gather import current as gathering_in_effect
 from ._linear import is_plain_linear, linear_gramian
 from ._module_hooks import ModuleCall, slice_sums
 from ._normalization import is_plain_normalization, normalization_gramian
+from ._tied import tied_gramian
 
 NamedParameters = list[tuple[str, nn.Parameter]]
 
@@ -45,6 +46,10 @@ def group_gramian(
         closed_form = _closed_form_gramian(calls[0], deltas[calls[0]], used[calls[0]], batched)
         if closed_form is not None:
             return closed_form
+    else:
+        tied = tied_gramian(calls, deltas, used, batched)
+        if tied is not None:
+            return tied
 
     jacobians: dict[int, Tensor] = {}
     for call in calls:

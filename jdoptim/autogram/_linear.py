@@ -28,9 +28,11 @@ def linear_gramian(
     .. math:: G_W[(t, b), (u, c)] = \sum_{s, r} \langle δ_{tbs}, δ_{ucr} \rangle
         \langle x_{bs}, x_{cr} \rangle,
 
-    which is ``(δ δᵀ) ⊙ (x xᵀ)`` when ``S = 1``. For large ``S`` the per-row gradients are
-    cheaper and are formed instead. The bias adds ``(Σ_s δ)(Σ_s δ)ᵀ``. Computed in float32 for
-    half-precision calls (under autocast, with ``x`` rounded as the layer used it).
+    which is ``(δ δᵀ) ⊙ (x xᵀ)`` when ``S = 1``. The per-row gradients are formed instead when
+    they take fewer products (long sequences, narrow layers), by blocks of output features so
+    that they take no more memory than the call's input or output gradient. The bias adds
+    ``(Σ_s δ)(Σ_s δ)ᵀ``. Computed in float32 for half-precision calls (under autocast, with
+    ``x`` rounded as the layer used it).
     """
     x, delta = as_computed(x, delta)
     in_features = x.shape[-1]
@@ -47,14 +49,42 @@ def linear_gramian(
             flat_delta = delta.reshape(size, out_features)
             flat_x = x.reshape(samples, in_features)
             gramian += (flat_delta @ flat_delta.T) * (flat_x @ flat_x.T).repeat(rows, rows)
-        elif (size * positions) ** 2 <= size * in_features * out_features:
-            x_kernel = torch.einsum("bsi,cri->bscr", x, x)
-            delta_kernel = torch.einsum("tbso,ucro->tbsucr", delta, delta)
-            gramian += torch.einsum("tbsucr,bscr->tbuc", delta_kernel, x_kernel).reshape(size, size)
+        elif _kernel_is_cheaper(rows, samples, positions, in_features, out_features):
+            flat_x = x.reshape(samples * positions, in_features)
+            flat_delta = delta.reshape(size * positions, out_features)
+            x_kernel = (flat_x @ flat_x.T).reshape(samples, positions, samples, positions)
+            x_kernel = x_kernel.repeat(rows, 1, rows, 1)
+            delta_kernel = (flat_delta @ flat_delta.T).reshape(size, positions, size, positions)
+            gramian += (delta_kernel * x_kernel).sum(dim=(1, 3))
         else:
-            weight_jacobian = torch.einsum("tbso,bsi->tboi", delta, x).reshape(size, -1)
-            gramian += weight_jacobian @ weight_jacobian.T
+            # Per-row gradients Σ_s δ[t, b, s]ᵀ x[b, s], one batched product per sample, by
+            # blocks of output features no larger than the call's own tensors.
+            by_sample = delta.permute(1, 0, 3, 2)  # [B, T, out, S]
+            budget = max(x.numel(), delta.numel())
+            block = max(1, min(out_features, budget // (size * in_features)))
+            for start in range(0, out_features, block):
+                part = by_sample[:, :, start : start + block]
+                part = part.reshape(samples, rows * part.shape[2], positions)
+                weight_jacobian = torch.bmm(part, x)  # [B, T·block, in]
+                matrix = weight_jacobian.reshape(samples, rows, -1).transpose(0, 1)
+                matrix = matrix.reshape(size, -1)
+                gramian += matrix @ matrix.T
     if "bias" in names:
         bias_jacobian = delta.sum(dim=2).reshape(size, out_features)
         gramian += bias_jacobian @ bias_jacobian.T
     return gramian
+
+
+def _kernel_is_cheaper(
+    rows: int, samples: int, positions: int, in_features: int, out_features: int
+) -> bool:
+    """Whether the kernel over pairs of positions costs fewer products than per-row gradients.
+
+    The kernel: ``(B S)² in + (T B S)² out``; per-row gradients: ``T B S in out`` for the
+    outer products and ``(T B)² in out`` for their Gramian.
+    """
+    pairs = samples * positions
+    kernel = pairs * pairs * (in_features + rows * rows * out_features)
+    size = rows * samples
+    per_row = size * in_features * out_features * (positions + size)
+    return kernel <= per_row

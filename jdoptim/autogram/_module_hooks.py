@@ -47,6 +47,13 @@ class ModuleCall:
     #: For a stand-in of a call without a batch dimension (see ``_broadcast``): the shape of
     #: its output, whose per-sample gradient is the sum of its outputs' gradients reduced to it.
     broadcast_shape: torch.Size | None = None
+    #: Tensors read from the call's part of the autograd graph, for a closed form that needs
+    #: intermediate values of the call (see ``_attention_graph``); its extra output edges, at
+    #: the end of ``output_edges``, point inside the call.
+    inner_saved: tuple[Tensor, ...] = ()
+    #: The name of the parameter that the single backward pass must reach so that the nodes of
+    #: those inner edges run (``None``: any parameter of the call).
+    backward_target: str | None = None
 
     @property
     def effective_parent(self) -> ModuleCall | None:
@@ -68,8 +75,26 @@ def slice_sums(tensor: Tensor) -> tuple[Tensor, Tensor]:
     return flat.sum(dim=1), flat.abs().sum(dim=1)
 
 
-def _tensor_leaves(tree: Any) -> list[Tensor]:
-    return [leaf for leaf in tree_flatten(tree)[0] if isinstance(leaf, Tensor)]
+def _is_atom(value: Any) -> bool:
+    """Whether ``value`` is a leaf of every pytree (no container to flatten)."""
+    return value is None or isinstance(value, (Tensor, bool, int, float, str))
+
+
+def _leaves(tree: Any) -> list[Any]:
+    """The leaves of ``tree``; a tensor or a flat tuple of atoms without the pytree walk."""
+    if _is_atom(tree):
+        return [tree]
+    if type(tree) is tuple and all(_is_atom(value) for value in tree):
+        return list(tree)
+    return tree_flatten(tree)[0]
+
+
+def _tensor_leaves(args: tuple[Any, ...], kwargs: dict[str, Any]) -> list[Tensor]:
+    if all(_is_atom(value) for value in args) and all(_is_atom(v) for v in kwargs.values()):
+        leaves = [*args, *kwargs.values()]
+    else:
+        leaves = tree_flatten((args, kwargs))[0]
+    return [leaf for leaf in leaves if isinstance(leaf, Tensor)]
 
 
 def _detach(value: Any) -> Any:
@@ -121,7 +146,7 @@ class CallRecorder:
             return
         parent = self._stack[-1] if self._stack else None
         call = ModuleCall(module=module, parent=parent)
-        inputs = _tensor_leaves((args, kwargs))
+        inputs = _tensor_leaves(args, kwargs)
         call.versions_before = {id(t): t._version for t in inputs}
         devices = [t.device.type for t in inputs]
         devices += [p.device.type for p in module.parameters(recurse=False)]
@@ -141,9 +166,15 @@ class CallRecorder:
                 break
         if call is None:
             return
-        inputs = _tensor_leaves((args, kwargs))
-        call.args = tree_map(_detach, tuple(args))
-        call.kwargs = tree_map(_detach, dict(kwargs))
+        inputs = _tensor_leaves(args, kwargs)
+        if all(_is_atom(value) for value in args):
+            call.args = tuple(_detach(value) for value in args)
+        else:
+            call.args = tree_map(_detach, tuple(args))
+        if all(_is_atom(value) for value in kwargs.values()):
+            call.kwargs = {name: _detach(value) for name, value in kwargs.items()}
+        else:
+            call.kwargs = tree_map(_detach, dict(kwargs))
         call.input_tensors = [t.detach() for t in inputs]
         call.input_versions = [t._version for t in inputs]
         call.modifies_inputs = any(
@@ -152,7 +183,7 @@ class CallRecorder:
         if not call.modifies_inputs:
             call.input_nodes |= {get_gradient_edge(t).node for t in inputs if t.requires_grad}
         checksums = self._needs_checksums(module)
-        for leaf in tree_flatten(output)[0]:
+        for leaf in _leaves(output):
             edge = None
             sums: tuple[Tensor, Tensor, torch.dtype] | None = None
             if isinstance(leaf, Tensor):

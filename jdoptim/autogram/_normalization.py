@@ -51,7 +51,8 @@ def normalization_gramian(
         else:
             normalized = F.rms_norm(x.to(dtype), shape, None, eps)
         normalized = normalized.reshape(samples, -1, features)
-        weight_jacobian = torch.einsum("tbsn,bsn->tbn", delta, normalized).reshape(size, -1)
+        # A product and a sum: einsum would make it B·n matrix products of one column.
+        weight_jacobian = (delta * normalized).sum(dim=2).reshape(size, -1)
         gramian += weight_jacobian @ weight_jacobian.T
     if "bias" in names:
         bias_jacobian = delta.sum(dim=2).reshape(size, features)

@@ -82,21 +82,26 @@ def test_frozen_norm_bias() -> None:
     _check(model, torch.randint(0, 7, (3, 4)), 0)
 
 
-def test_both_forms_of_the_embedding_gramian_agree() -> None:
+@pytest.mark.parametrize(
+    ("positions", "dim"),
+    [
+        (1, 6),  # one token per sample, all distinct: the kernel over pairs of positions
+        (4, 6),  # four tokens per sample among five: the per-row gradients
+        (4, 600),
+    ],
+)
+def test_both_forms_of_the_embedding_gramian_are_exact(positions: int, dim: int) -> None:
     torch.manual_seed(0)
-    x = torch.randint(0, 5, (3, 4))
-    delta = torch.randn(2, 3, 4, 6, dtype=torch.float64)
-    small = embedding_gramian(nn.Embedding(5, 6), x, delta, batched=True)  # the kernel
-    large = embedding_gramian(nn.Embedding(5, 600), x, delta.repeat(1, 1, 1, 100), True)
-    expected = torch.zeros(6, 6, dtype=torch.float64)
-    jacobian = torch.zeros(2, 3, 5, 6, dtype=torch.float64)
+    x = torch.randint(0, 5, (3, positions)) if positions > 1 else torch.tensor([[0], [3], [4]])
+    delta = torch.randn(2, 3, positions, dim, dtype=torch.float64)
+    gramian = embedding_gramian(nn.Embedding(5, dim), x, delta, batched=True)
+    jacobian = torch.zeros(2, 3, 5, dim, dtype=torch.float64)
     for t in range(2):
         for b in range(3):
-            for s in range(4):
+            for s in range(positions):
                 jacobian[t, b, x[b, s]] += delta[t, b, s]
     expected = jacobian.reshape(6, -1) @ jacobian.reshape(6, -1).T
-    torch.testing.assert_close(small, expected)
-    torch.testing.assert_close(large, 100 * expected)
+    torch.testing.assert_close(gramian, expected)
 
 
 def test_embedding_options_left_to_the_replay() -> None:
