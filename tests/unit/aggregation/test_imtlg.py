@@ -41,6 +41,21 @@ def test_projections_on_the_unit_rows_are_equal(m: int, n: int) -> None:
     torch.testing.assert_close(projections, projections[0].expand(m))
 
 
+@pytest.mark.parametrize("ratio", [1e2, 1e4, 1e6])
+def test_float32_rows_of_very_different_norms_keep_equal_projections(ratio: float) -> None:
+    # The Gramian's eigenvalues differ by ratio², far below float32's precision for ratio ≥ 1e4:
+    # the rank is judged on the Gramian of the unit rows, so the small row still counts.
+    generator = torch.Generator().manual_seed(0)
+    jacobian = torch.randn(3, 50, generator=generator)
+    jacobian = jacobian * torch.tensor([[1.0], [1.0 / ratio], [ratio]])
+
+    output = IMTLG()(jacobian).double()
+
+    rows = jacobian.double()
+    projections = rows @ output / rows.norm(dim=1)
+    torch.testing.assert_close(projections, projections[0].expand(3), rtol=1e-3, atol=0)
+
+
 @pytest.mark.parametrize(("m", "n"), [(1, 3), (3, 5), (6, 2)])
 def test_weights_sum_to_one(m: int, n: int) -> None:
     jacobian = torch.randn(m, n, dtype=torch.float64)
