@@ -93,6 +93,8 @@ class CompactSolver:
         self.gramian = gramian
         self.lower_bounds = lower_bounds
         self.slots = torch.arange(m, device=gramian.device)
+        # The flat indices into the stacked matrices (8m² entries) in 32 bits where they fit.
+        self.index_dtype = torch.int32 if 8 * m * m < 2**31 else torch.int64
         # diag(G, I) and diag(K, I), one after the other in one flat tensor: every block of every
         # problem is read from there.
         stacked = _workspace("stacked", 8 * m * m, gramian.dtype, gramian.device)
@@ -123,20 +125,28 @@ class CompactSolver:
     def _factorize(self, offsets: Tensor, rows: Tensor) -> tuple[Tensor, Tensor]:
         """Cholesky factors of the blocks ``M_b[rows_b][:, rows_b]`` for every row ``rows_b`` of
         ``rows``, where ``M_b`` is ``diag(G, I)`` or ``diag(K, I)`` as ``offsets`` (``0`` or
-        ``(2m)²``) say, and whether each factorisation succeeded."""
+        ``(2m)²``, shape ``[count, 1]``) say, and whether each factorisation succeeded.
+
+        The flat indices of the blocks are 32-bit (half the memory traffic of 64-bit ones; they
+        stay below ``8m²``), and each block is factorised in place, where it was gathered: the
+        gather and the factorisation are the two passes over ``count · size²`` entries that
+        dominate a pivoting step at large ``m``, and no third buffer is written. (64-bit indices
+        only past ``m = 16383``, where ``8m²`` no longer fits in 32 bits.)"""
         count, size = rows.shape
         numel = count * size * size
-        flat_indices = _workspace("indices", numel, torch.int64, rows.device)
+        flat_indices = _workspace("indices", numel, self.index_dtype, rows.device)
         flat_indices = flat_indices.view(count, size, size)
-        torch.add(rows.unsqueeze(2) * (2 * self.m), rows.unsqueeze(1), out=flat_indices)
-        flat_indices += offsets
+        narrow = rows.to(self.index_dtype)
+        torch.add(
+            (narrow * (2 * self.m) + offsets).unsqueeze(2), narrow.unsqueeze(1), out=flat_indices
+        )
         system = _workspace("system", numel, self.stacked.dtype, rows.device)
         torch.index_select(self.stacked, 0, flat_indices.reshape(-1), out=system)
-        # Batched column-major storage, the layout LAPACK writes in place.
-        factor = _workspace("factor", numel, self.stacked.dtype, rows.device)
-        factor = factor.view(count, size, size).mT
+        # Batched column-major storage, the layout LAPACK writes in place; the blocks are
+        # symmetric, so their column-major reading is the same matrices.
+        factor = system.view(count, size, size).mT
         info = torch.empty(count, device=rows.device, dtype=torch.int32)
-        torch.linalg.cholesky_ex(system.view(count, size, size), out=(factor, info))
+        torch.linalg.cholesky_ex(factor, out=(factor, info))
         return factor, info == 0
 
     def warm_start(self) -> Tensor:
@@ -186,7 +196,7 @@ class CompactSolver:
         m = self.m
         order, valid = _leading_indices(block)
         padded = torch.where(valid, order, m + self.slots[: order.shape[1]])
-        offsets = torch.where(through_active, (2 * m) ** 2, 0).view(-1, 1, 1)
+        offsets = torch.where(through_active, (2 * m) ** 2, 0).view(-1, 1).to(self.index_dtype)
         factor, success = self._factorize(offsets, padded)
         fixed = torch.where(free, 0.0, lower_bounds)
         # Right-hand sides: -(G u_A)_F through G_FF, u_A through K_AA.
