@@ -104,7 +104,7 @@ class CompactSolver:
         identity = torch.eye(m, device=gramian.device, dtype=gramian.dtype)
         factor, info = torch.linalg.cholesky_ex(gramian)
         self.has_inverse = bool(info == 0)
-        # An inverse, even inaccurate (a nearly singular G), still guides the warm start.
+        # An inverse, even inaccurate (a nearly singular G), still guides the first guess.
         self.has_guide = self.has_inverse
         self.refine = True
         inverse = identity  # a placeholder where G is not positive definite
@@ -148,19 +148,6 @@ class CompactSolver:
         info = torch.empty(count, device=rows.device, dtype=torch.int32)
         torch.linalg.cholesky_ex(factor, out=(factor, info))
         return factor, info == 0
-
-    def warm_start(self) -> Tensor:
-        """The solutions with only the positive bounds active, a guess of the true ones.
-
-        With a single positive bound ``u_i`` per problem (UPGrad), this is ``u_i K_{:i} / K_ii``.
-        """
-        u = self.lower_bounds
-        positive = u > 0.0
-        if bool((positive.sum(dim=1) <= 1).all()):
-            index = u.argmax(dim=1, keepdim=True)
-            value = u.gather(1, index).clamp(min=0.0)
-            return value / self.inverse.diagonal()[index] * self.inverse[index.squeeze(1)]
-        return self.solve(torch.arange(u.shape[0], device=u.device), ~positive)
 
     def solve(self, rows: Tensor, free: Tensor) -> Tensor:
         """Returns the solutions ``[len(rows), m]`` for the free sets ``free`` of ``rows``.

@@ -156,10 +156,10 @@ def test_structured_gramians_satisfy_the_kkt_conditions(
 
 @pytest.mark.parametrize(("m", "n"), [(128, 64), (192, 96), (128, 1000)])
 def test_rank_deficient_gramians_need_no_more_pivoting_than_full_rank_ones(m: int, n: int) -> None:
-    # From m = 128 on, the guess of the free sets (projected-gradient steps with restarts) is
-    # good enough, also for the ill-conditioned Gramians of Jacobians with m > n, that at most one
-    # pivoting step corrects it after the first solve (with 32 steps and no restarts, [128, 64]
-    # needed 7 and [192, 96] 5).
+    # The guess of the free sets (over-relaxed ADMM steps, see ._guess) is good enough, also for
+    # the ill-conditioned Gramians of Jacobians with m > n, that at most one pivoting step
+    # corrects it after the first solve (with 32 projected-gradient steps and no restarts,
+    # [128, 64] needed 7 and [192, 96] 5).
     generator = torch.Generator().manual_seed(m + n)
     jacobian = torch.randn(m, n, generator=generator, dtype=torch.float64)
     gramian = _regularized_gramian(jacobian, 1e-4)
