@@ -285,6 +285,24 @@ def _upgrad_problem(m: int, seed: int) -> tuple[Tensor, Tensor]:
     return _regularized_gramian(jacobian, 1e-4), torch.eye(m, dtype=torch.float64) / m
 
 
+@pytest.mark.parametrize("refine", [False, True])
+def test_each_problem_is_solved_through_its_cheaper_block(refine: bool) -> None:
+    m = 512
+    solver = _torch_blocks.CompactSolver(*_upgrad_problem(8, 0))
+    solver.m, solver.refine = m, refine
+    free_counts = torch.tensor([0, 200, 250, 256, 262, 300, 400, m])
+
+    through_active = solver._cheaper_through_active(free_counts)
+
+    # Without refinement the smaller block; with it, K_AA only when clearly the smaller one.
+    if refine:
+        assert through_active.tolist() == [False] * 5 + [True] * 3
+    else:
+        assert through_active.tolist() == [False] * 4 + [True] * 4
+    solver.has_inverse = False
+    assert not solver._cheaper_through_active(free_counts).any()
+
+
 def test_chunked_factorisations_match_one_batch(monkeypatch: pytest.MonkeyPatch) -> None:
     gramian, lower_bounds = _upgrad_problem(48, seed=3)
     one_batch = solve_dual_cone_torch(gramian, lower_bounds)
