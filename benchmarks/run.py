@@ -216,13 +216,13 @@ def weighting_workloads(quick: bool) -> list[Workload]:
             )
         )
     # The default solver on Gramians of [m, n] Jacobians with more rows than columns (rank
-    # deficient, as per-sample gradients often are) and with twice as many columns, up to the
-    # m of instance-wise risk minimisation with real batch sizes. quadprog, one QP after the
-    # other, only where it takes less than a second.
+    # deficient, as per-sample gradients often are), with twice as many columns, and with 1000
+    # (rank-deficient from m = 1024 on), up to the m of instance-wise risk minimisation with real
+    # batch sizes. quadprog, one QP after the other, only where it takes less than a second.
     for m in (64, 128, 256, 512, 1024):
         if quick and m > 64:
             break
-        for n in (m // 2,) if quick else (m // 2, 2 * m):
+        for n in (m // 2,) if quick else (m // 2, 2 * m, 1000):
             solvers = ("auto", "quadprog") if m <= 128 and not quick else ("auto",)
             workloads.append(
                 Workload(

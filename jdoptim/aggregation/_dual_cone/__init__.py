@@ -13,8 +13,8 @@ problem, ``k`` times on one Gramian. Every solver goes through the same steps:
 3. One solver, chosen by name in :mod:`._registry` (``"auto"`` by default):
    :mod:`._closed_form` (``m ≤ 2``), :mod:`._quadprog` (one dual QP per problem, or an exact
    primal QP in the range of a singular ``G``) or :mod:`._torch` (all problems at once by block
-   principal pivoting, with a Lawson–Hanson fallback; its linear systems in
-   :mod:`._torch_blocks`).
+   principal pivoting, with a Lawson–Hanson fallback; its first guess in :mod:`._guess`, its
+   linear systems in :mod:`._torch_blocks`).
 
 Failure to solve (only for a matrix far from positive semi-definite) raises
 :class:`DualConeSolverError` (a ``ValueError``), whichever solver ran.

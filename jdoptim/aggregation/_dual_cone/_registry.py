@@ -3,8 +3,10 @@
 ``"auto"`` is the default everywhere (UPGrad, DualProj, their weightings and
 :func:`solve_dual_cone`). On the CPU it takes the exact closed forms for one or two objectives,
 then quadprog up to ``_AUTO_QUADPROG_MAX_M`` objectives, where its per-problem solves are
-faster, and up to ``_AUTO_SINGULAR_QUADPROG_MAX_M`` for a numerically singular Gramian, which
-quadprog solves exactly in its range while the torch pivoting stalls; the batched torch solver
+faster, up to ``_AUTO_ILL_CONDITIONED_QUADPROG_MAX_M`` for an ill-conditioned one (a small
+Cholesky pivot: the torch solver's guess converges slowly there), and up to
+``_AUTO_SINGULAR_QUADPROG_MAX_M`` for a numerically singular Gramian, which quadprog solves
+exactly in its range while the torch pivoting stalls; the batched torch solver
 everywhere else (more objectives, or an accelerator, where it avoids a copy to the host).
 """
 
@@ -12,6 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+import torch
 from torch import Tensor
 
 from ._closed_form import solve_closed_form
@@ -38,11 +41,24 @@ _AUTO_QUADPROG_MAX_M = 24
 # 4.5 vs 0.7 s for [250, 161]).
 _AUTO_SINGULAR_QUADPROG_MAX_M = 128
 
+# On the CPU, quadprog also beats the torch solver up to about this many objectives when G is
+# positive definite but ill-conditioned (rank-deficient Jacobians with reg_eps > 0), where the
+# torch solver's guess of the free sets converges slowly and more pivoting steps follow (one
+# thread, interleaved, UPGradWeighting on the Gramians of random [m, m/2] Jacobians: torch
+# 2.3 to 4.9 times quadprog's time at m = 32, 2.6 times at m = 40, 0.9 times at m = 48).
+_AUTO_ILL_CONDITIONED_QUADPROG_MAX_M = 40
+# G (rescaled to a unit diagonal) counts as ill-conditioned when the smallest pivot of its
+# Cholesky factorisation is below this: its smallest eigenvalue is then below it too. The
+# Gramians of rank-deficient Jacobians with reg_eps = 1e-4 have pivots of a few 1e-3 at these
+# sizes, those of full-rank ones above 2e-2.
+_ILL_CONDITIONED_PIVOT = 1e-2
+
 
 def solve_auto(gramian: Tensor, lower_bounds: Tensor) -> Tensor:
     """On the CPU: closed forms for one or two objectives, quadprog up to
-    ``_AUTO_QUADPROG_MAX_M`` (``_AUTO_SINGULAR_QUADPROG_MAX_M`` for a singular Gramian); the
-    batched torch solver everywhere else."""
+    ``_AUTO_QUADPROG_MAX_M`` (``_AUTO_ILL_CONDITIONED_QUADPROG_MAX_M`` for an ill-conditioned
+    Gramian, ``_AUTO_SINGULAR_QUADPROG_MAX_M`` for a singular one); the batched torch solver
+    everywhere else."""
     m = gramian.shape[0]
     if gramian.device.type == "cpu" and m <= _AUTO_QUADPROG_MAX_M:
         if 1 <= m <= 2 and lower_bounds.shape[0] > 0:
@@ -54,10 +70,21 @@ def solve_auto(gramian: Tensor, lower_bounds: Tensor) -> Tensor:
         problem = prepare(gramian, lower_bounds)
         if isinstance(problem, Tensor):
             return finish(problem, gramian)
-        if problem.first_jitter > 0.0:
+        if problem.first_jitter > 0.0 or (
+            m <= _AUTO_ILL_CONDITIONED_QUADPROG_MAX_M and _is_ill_conditioned(problem.gramian)
+        ):
             return solve_with_quadprog(gramian, lower_bounds, problem=problem)
         return solve_dual_cone_torch(gramian, lower_bounds, problem=problem)
     return solve_dual_cone_torch(gramian, lower_bounds)
+
+
+def _is_ill_conditioned(gramian: Tensor) -> bool:
+    """Whether the smallest Cholesky pivot of ``gramian`` (unit-order diagonal, positive
+    definite within its precision) is below ``_ILL_CONDITIONED_PIVOT``."""
+    factor, info = torch.linalg.cholesky_ex(gramian)
+    if int(info) != 0:
+        return True
+    return bool(factor.diagonal().square().amin() < _ILL_CONDITIONED_PIVOT)
 
 
 _SOLVERS: dict[str, DualConeSolver] = {

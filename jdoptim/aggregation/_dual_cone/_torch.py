@@ -23,9 +23,9 @@ The answer is the exact solution of the final split; violations below a rounding
 cycle. The pivoting is capped at ``4m + 20`` steps; reaching the cap (never observed on positive
 definite Gramians) emits a ``RuntimeWarning`` and returns the current feasible iterate.
 
-On the CPU the first split is guessed: the solutions with only the positive bounds active,
-improved by a few accelerated projected-gradient steps (cheap ``[k, m] × [m, m]`` products),
-which usually leaves a single pivoting step; each split is solved through the smaller of
+On the CPU the first split is guessed by a few ADMM steps on all problems at once (cheap
+``[k, m] × [m, m]`` products with one shared ``(G + ρI)⁻¹``, see :mod:`._guess`), which usually
+leaves one or two pivoting steps; each split is solved through the smaller of
 ``G_FF`` and the active block of ``G⁻¹`` (see :mod:`._torch_blocks`). A singular ``G`` goes
 through the jitter ladder of :mod:`._jitter`; this pivoting, started from the free sets of an
 answer found on a coarser rung, is also how every solver's answer is polished back to the first.
@@ -38,6 +38,7 @@ import warnings
 import torch
 from torch import Tensor
 
+from ._guess import guess_by_admm
 from ._jitter import Attempt, Polish, solve_on_ladder
 from ._preprocess import finish, prepare
 from ._problem import Problem
@@ -50,23 +51,6 @@ _FULL_EXCHANGE_BUDGET = 3
 #: Violations smaller than this many roundoff units (relative to the scale of the problem) are
 #: ignored, so rounding noise never makes the pivoting cycle.
 _TOLERANCE_ULPS = 1e4
-
-#: Squarings of G (G², G⁴, …, G^(2^k)) estimating its largest eigenvalue, as 2^k power iterations
-#: would, in k matrix products; then accelerated projected-gradient steps guess the free sets
-#: before the pivoting, stopping when the guess has not changed over the last
-#: _PATTERN_CHECK_EVERY steps. Their budget follows the cost of the pivoting steps they may save
-#: (k factorisations of up to m / 2 indices) relative to theirs (one [k, m] × [m, m] product in
-#: single precision, dominated by the fixed cost of a few operations at small m): m² /
-#: _STEP_BUDGET_DIVISOR steps while m is small, _STEP_BUDGET_CUBE / m once the products dominate,
-#: between _PROJECTED_GRADIENT_STEPS and _MAX_PROJECTED_GRADIENT_STEPS. The ill-conditioned G of
-#: Jacobians with more rows than columns needs them (UPGrad, [m, m / 2] Jacobians, reg_eps = 1e-4:
-#: 8, 5 and 5 pivoting steps at m = 128, 256 and 512 with 32 steps, 3, 2 and 3 with this budget).
-_SQUARINGS = 5
-_PROJECTED_GRADIENT_STEPS = 32
-_MAX_PROJECTED_GRADIENT_STEPS = 256
-_STEP_BUDGET_DIVISOR = 64
-_STEP_BUDGET_CUBE = 256 * 256
-_PATTERN_CHECK_EVERY = 4
 
 
 class DualConeResult:
@@ -192,9 +176,9 @@ def _pivot(
             v = solve_free_masked(g, u, free)
         iterations = 1
     elif compact_solver is not None and compact_solver.has_guide and max_iterations > 0:
-        # Warm start: guess the free sets with a few projected-gradient steps from the solutions
-        # with only the positive bounds active, and solve for that guess (one pivoting step).
-        v = _projected_gradient(g, u, compact_solver.warm_start())
+        # Warm start: guess the free sets with a few ADMM steps (see ._guess), and solve for
+        # that guess (one pivoting step).
+        v = guess_by_admm(g, u, compact_solver.inverse)
         free = v > u
         v = compact_solver.solve(torch.arange(k, device=device), free)
         iterations = 1
@@ -217,57 +201,6 @@ def _pivot(
             v[rows] = compact_solver.solve(rows, free[rows])
         else:
             v = torch.where(pending.unsqueeze(1), solve_free_masked(g, u, free), v)
-
-
-def _projected_gradient(g: Tensor, u: Tensor, v: Tensor) -> Tensor:
-    """Accelerated projected-gradient steps (FISTA with adaptive restart) from ``v``.
-
-    Only a guess of the free sets for the pivoting, which makes them exact. Each step costs one
-    ``[k, m] × [m, m]`` product in single precision, far less than a pivoting step (``k``
-    Cholesky factorisations of blocks of up to ``m / 2``), so the budget of steps grows with
-    ``m``. After the first ``_PROJECTED_GRADIENT_STEPS``, the momentum of a problem is restarted
-    whenever it points uphill (O'Donoghue and Candès' gradient test): on an ill-conditioned
-    ``G`` (a Jacobian with more rows than columns, with a small ``reg_eps``) the iterates
-    otherwise oscillate, and the guessed free sets with them, which costs more pivoting steps.
-    """
-    k, m = u.shape
-    # Single precision is enough for a guess, and twice as fast.
-    exact_bounds = u
-    g, u, v = g.float(), u.float(), v.float()
-    # Step 1 / L with L a little above the largest eigenvalue of G: the Rayleigh quotient of
-    # G^32 x, 32 power iterations in 5 products (each power rescaled to keep float32 in range).
-    power = g
-    for _ in range(_SQUARINGS):
-        power = power @ power
-        power = power / power.abs().amax().clamp(min=1e-30)
-    vector = power @ torch.linspace(1.0, 2.0, m, device=g.device, dtype=g.dtype)
-    vector = vector / vector.norm().clamp(min=1e-30)
-    step = 1.0 / max(1.1 * float(vector @ g @ vector), 1e-30)
-    v = torch.maximum(v, u)
-    momentum_point = v
-    t = torch.ones(k, 1, device=g.device, dtype=g.dtype)
-    free = v > u
-    steps = max(
-        _PROJECTED_GRADIENT_STEPS,
-        min(_MAX_PROJECTED_GRADIENT_STEPS, m * m // _STEP_BUDGET_DIVISOR, _STEP_BUDGET_CUBE // m),
-    )
-    for iteration in range(1, steps + 1):
-        next_v = torch.addmm(momentum_point, momentum_point, g, alpha=-step).clamp_(min=u)
-        # Restart where the step went against the momentum: (y - v⁺)ᵀ(v⁺ - v) > 0.
-        if iteration > _PROJECTED_GRADIENT_STEPS:
-            uphill = ((momentum_point - next_v) * (next_v - v)).sum(dim=1, keepdim=True) > 0.0
-            t = torch.where(uphill, 1.0, t)
-        next_t = (1.0 + (1.0 + 4.0 * t * t).sqrt()) / 2.0
-        # next_v + (t - 1) / next_t · (next_v - v)
-        momentum_point = torch.lerp(v, next_v, 1.0 + (t - 1.0) / next_t)
-        v, t = next_v, next_t
-        if iteration % _PATTERN_CHECK_EVERY == 0:
-            # Stop once the guessed free sets stop changing (one synchronisation).
-            next_free = v > u
-            if bool((next_free == free).all()):
-                break
-            free = next_free
-    return torch.where(torch.isfinite(v) & (v > u), v.to(exact_bounds.dtype), exact_bounds)
 
 
 def _active_set(

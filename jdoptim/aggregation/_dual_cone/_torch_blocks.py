@@ -20,6 +20,11 @@ _INVERSE_ACCURACY = 1e-8
 #: Estimated relative error of a solve through the inverse above which a refinement step follows.
 _REFINEMENT_THRESHOLD = 1e-10
 
+#: Cost of a triangular solve with one right-hand side, per entry of its factor, relative to one
+#: multiply-add of a Cholesky factorisation: it reads the factor once, memory-bound (measured
+#: on a 2-core CPU, one thread, blocks of 128 to 256: about a tenth of the factorisation's speed).
+_TRIANGULAR_SOLVE_COST = 10.0
+
 #: Entries of the systems factorised together in one batched call (32 systems of 64 × 64)…
 _CHUNK_ENTRIES = 32 * 64 * 64
 #: … but never fewer than this many systems: each chunk also multiplies its ``[chunk, m]``
@@ -93,6 +98,8 @@ class CompactSolver:
         self.gramian = gramian
         self.lower_bounds = lower_bounds
         self.slots = torch.arange(m, device=gramian.device)
+        # The flat indices into the stacked matrices (8m² entries) in 32 bits where they fit.
+        self.index_dtype = torch.int32 if 8 * m * m < 2**31 else torch.int64
         # diag(G, I) and diag(K, I), one after the other in one flat tensor: every block of every
         # problem is read from there.
         stacked = _workspace("stacked", 8 * m * m, gramian.dtype, gramian.device)
@@ -102,7 +109,7 @@ class CompactSolver:
         identity = torch.eye(m, device=gramian.device, dtype=gramian.dtype)
         factor, info = torch.linalg.cholesky_ex(gramian)
         self.has_inverse = bool(info == 0)
-        # An inverse, even inaccurate (a nearly singular G), still guides the warm start.
+        # An inverse, even inaccurate (a nearly singular G), still guides the first guess.
         self.has_guide = self.has_inverse
         self.refine = True
         inverse = identity  # a placeholder where G is not positive definite
@@ -123,34 +130,29 @@ class CompactSolver:
     def _factorize(self, offsets: Tensor, rows: Tensor) -> tuple[Tensor, Tensor]:
         """Cholesky factors of the blocks ``M_b[rows_b][:, rows_b]`` for every row ``rows_b`` of
         ``rows``, where ``M_b`` is ``diag(G, I)`` or ``diag(K, I)`` as ``offsets`` (``0`` or
-        ``(2m)²``) say, and whether each factorisation succeeded."""
+        ``(2m)²``, shape ``[count, 1]``) say, and whether each factorisation succeeded.
+
+        The flat indices of the blocks are 32-bit (half the memory traffic of 64-bit ones; they
+        stay below ``8m²``), and each block is factorised in place, where it was gathered: the
+        gather and the factorisation are the two passes over ``count · size²`` entries that
+        dominate a pivoting step at large ``m``, and no third buffer is written. (64-bit indices
+        only past ``m = 16383``, where ``8m²`` no longer fits in 32 bits.)"""
         count, size = rows.shape
         numel = count * size * size
-        flat_indices = _workspace("indices", numel, torch.int64, rows.device)
+        flat_indices = _workspace("indices", numel, self.index_dtype, rows.device)
         flat_indices = flat_indices.view(count, size, size)
-        torch.add(rows.unsqueeze(2) * (2 * self.m), rows.unsqueeze(1), out=flat_indices)
-        flat_indices += offsets
+        narrow = rows.to(self.index_dtype)
+        torch.add(
+            (narrow * (2 * self.m) + offsets).unsqueeze(2), narrow.unsqueeze(1), out=flat_indices
+        )
         system = _workspace("system", numel, self.stacked.dtype, rows.device)
         torch.index_select(self.stacked, 0, flat_indices.reshape(-1), out=system)
-        # Batched column-major storage, the layout LAPACK writes in place.
-        factor = _workspace("factor", numel, self.stacked.dtype, rows.device)
-        factor = factor.view(count, size, size).mT
+        # Batched column-major storage, the layout LAPACK writes in place; the blocks are
+        # symmetric, so their column-major reading is the same matrices.
+        factor = system.view(count, size, size).mT
         info = torch.empty(count, device=rows.device, dtype=torch.int32)
-        torch.linalg.cholesky_ex(system.view(count, size, size), out=(factor, info))
+        torch.linalg.cholesky_ex(factor, out=(factor, info))
         return factor, info == 0
-
-    def warm_start(self) -> Tensor:
-        """The solutions with only the positive bounds active, a guess of the true ones.
-
-        With a single positive bound ``u_i`` per problem (UPGrad), this is ``u_i K_{:i} / K_ii``.
-        """
-        u = self.lower_bounds
-        positive = u > 0.0
-        if bool((positive.sum(dim=1) <= 1).all()):
-            index = u.argmax(dim=1, keepdim=True)
-            value = u.gather(1, index).clamp(min=0.0)
-            return value / self.inverse.diagonal()[index] * self.inverse[index.squeeze(1)]
-        return self.solve(torch.arange(u.shape[0], device=u.device), ~positive)
 
     def solve(self, rows: Tensor, free: Tensor) -> Tensor:
         """Returns the solutions ``[len(rows), m]`` for the free sets ``free`` of ``rows``.
@@ -162,7 +164,7 @@ class CompactSolver:
         """
         lower_bounds = self.lower_bounds[rows]
         free_count = free.sum(dim=1)
-        through_active = (2 * free_count > self.m) & self.has_inverse
+        through_active = self._cheaper_through_active(free_count)
         block = torch.where(through_active.unsqueeze(1), ~free, free)
         sizes = torch.where(through_active, self.m - free_count, free_count)
         size = max(1, int(sizes.max()))
@@ -178,6 +180,31 @@ class CompactSolver:
             )
         return solution
 
+    def _cheaper_through_active(self, free_count: Tensor) -> Tensor:
+        """Whether solving through ``K_AA`` costs less than through ``G_FF``, per problem.
+
+        The costs are counted in multiply-adds of a Cholesky factorisation (``s³/3`` for a
+        block of ``s``): a triangular solve with one right-hand side reads its factor at about
+        a tenth of that speed (``_TRIANGULAR_SOLVE_COST · s²``), a product of a problem's row
+        with ``G`` or ``K`` costs ``2m²``. The ``K_AA`` path is the cheaper one when the active
+        set is the smaller, unless it needs the refinement (two more triangular solves and
+        three more products): then only when the active set is clearly the smaller.
+        """
+        if not self.has_inverse:
+            return torch.zeros_like(free_count, dtype=torch.bool)
+        m = self.m
+        free_size = free_count.double()
+        active_size = m - free_size
+
+        def cost(size: Tensor) -> Tensor:
+            return size**3 / 3.0 + 2.0 * _TRIANGULAR_SOLVE_COST * size**2
+
+        through_active = cost(active_size)
+        if self.refine:
+            through_active = through_active + 2.0 * _TRIANGULAR_SOLVE_COST * active_size**2
+            through_active = through_active + 6.0 * m * m
+        return through_active < cost(free_size)
+
     def _solve_blocks(
         self, lower_bounds: Tensor, free: Tensor, block: Tensor, through_active: Tensor
     ) -> Tensor:
@@ -186,7 +213,7 @@ class CompactSolver:
         m = self.m
         order, valid = _leading_indices(block)
         padded = torch.where(valid, order, m + self.slots[: order.shape[1]])
-        offsets = torch.where(through_active, (2 * m) ** 2, 0).view(-1, 1, 1)
+        offsets = torch.where(through_active, (2 * m) ** 2, 0).view(-1, 1).to(self.index_dtype)
         factor, success = self._factorize(offsets, padded)
         fixed = torch.where(free, 0.0, lower_bounds)
         # Right-hand sides: -(G u_A)_F through G_FF, u_A through K_AA.

@@ -314,6 +314,43 @@ def test_auto_solver_uses_closed_forms_then_quadprog_for_small_cpu_problems_and_
     assert calls == ["quadprog", "torch"]
 
 
+def test_auto_solver_sends_ill_conditioned_gramians_to_quadprog_up_to_its_limit(
+    monkeypatch,
+) -> None:
+    calls: list[str] = []
+    monkeypatch.setattr(
+        _registry,
+        "solve_with_quadprog",
+        lambda g, u, **_: calls.append("quadprog") or torch.zeros_like(u),
+    )
+    monkeypatch.setattr(
+        _registry,
+        "solve_dual_cone_torch",
+        lambda g, u, **_: calls.append("torch") or torch.zeros_like(u),
+    )
+
+    def gramian(m: int, n: int) -> Tensor:
+        # UPGrad's regularised Gramian: rank-deficient Jacobians (n < m) give an ill-conditioned
+        # but positive definite one (no jitter needed), full-rank ones a well-conditioned one.
+        jacobian = torch.randn(
+            m, n, generator=torch.Generator().manual_seed(m), dtype=torch.float64
+        )
+        product = jacobian @ jacobian.T
+        return product / product.trace() + 1e-4 * torch.eye(m, dtype=torch.float64)
+
+    limit = _registry._AUTO_ILL_CONDITIONED_QUADPROG_MAX_M
+    assert _registry._AUTO_QUADPROG_MAX_M < limit < _registry._AUTO_SINGULAR_QUADPROG_MAX_M
+    for m, n in ((limit, limit // 2), (limit, 1000), (limit + 1, limit // 2)):
+        g = gramian(m, n)
+        assert prepare(g, torch.eye(m, dtype=torch.float64)).first_jitter == 0.0
+        solve_dual_cone(g, torch.eye(m, dtype=torch.float64), "auto")
+    assert calls == ["quadprog", "torch", "torch"]
+    # The criterion: the smallest Cholesky pivot, which bounds the smallest eigenvalue.
+    assert _registry._is_ill_conditioned(torch.diag(torch.tensor([1.0, 1.0, 5e-3])).double())
+    assert not _registry._is_ill_conditioned(torch.diag(torch.tensor([1.0, 1.0, 0.5])).double())
+    assert _registry._is_ill_conditioned(-torch.eye(3, dtype=torch.float64))
+
+
 @pytest.mark.parametrize("m", [3, 30])
 def test_auto_solver_matches_both_solvers(m: int) -> None:
     generator = torch.Generator().manual_seed(m)

@@ -156,10 +156,10 @@ def test_structured_gramians_satisfy_the_kkt_conditions(
 
 @pytest.mark.parametrize(("m", "n"), [(128, 64), (192, 96), (128, 1000)])
 def test_rank_deficient_gramians_need_no_more_pivoting_than_full_rank_ones(m: int, n: int) -> None:
-    # From m = 128 on, the guess of the free sets (projected-gradient steps with restarts) is
-    # good enough, also for the ill-conditioned Gramians of Jacobians with m > n, that at most one
-    # pivoting step corrects it after the first solve (with 32 steps and no restarts, [128, 64]
-    # needed 7 and [192, 96] 5).
+    # The guess of the free sets (over-relaxed ADMM steps, see ._guess) is good enough, also for
+    # the ill-conditioned Gramians of Jacobians with m > n, that at most one pivoting step
+    # corrects it after the first solve (with 32 projected-gradient steps and no restarts,
+    # [128, 64] needed 7 and [192, 96] 5).
     generator = torch.Generator().manual_seed(m + n)
     jacobian = torch.randn(m, n, generator=generator, dtype=torch.float64)
     gramian = _regularized_gramian(jacobian, 1e-4)
@@ -283,6 +283,24 @@ def _upgrad_problem(m: int, seed: int) -> tuple[Tensor, Tensor]:
     generator = torch.Generator().manual_seed(seed)
     jacobian = torch.randn(m, 2 * m, generator=generator, dtype=torch.float64)
     return _regularized_gramian(jacobian, 1e-4), torch.eye(m, dtype=torch.float64) / m
+
+
+@pytest.mark.parametrize("refine", [False, True])
+def test_each_problem_is_solved_through_its_cheaper_block(refine: bool) -> None:
+    m = 512
+    solver = _torch_blocks.CompactSolver(*_upgrad_problem(8, 0))
+    solver.m, solver.refine = m, refine
+    free_counts = torch.tensor([0, 200, 250, 256, 262, 300, 400, m])
+
+    through_active = solver._cheaper_through_active(free_counts)
+
+    # Without refinement the smaller block; with it, K_AA only when clearly the smaller one.
+    if refine:
+        assert through_active.tolist() == [False] * 5 + [True] * 3
+    else:
+        assert through_active.tolist() == [False] * 4 + [True] * 4
+    solver.has_inverse = False
+    assert not solver._cheaper_through_active(free_counts).any()
 
 
 def test_chunked_factorisations_match_one_batch(monkeypatch: pytest.MonkeyPatch) -> None:
