@@ -621,7 +621,9 @@ def measure_peak_memory(group: str, workload: Workload, quick: bool) -> dict[str
     return peaks
 
 
-def run(quick: bool, only: list[str] | None, memory: bool) -> list[dict[str, object]]:
+def run(
+    quick: bool, only: list[str] | None, memory: bool, names: list[str] | None = None
+) -> list[dict[str, object]]:
     rows: list[dict[str, object]] = []
     print_header()
     for group, make in WORKLOAD_GROUPS.items():
@@ -636,6 +638,8 @@ def run(quick: bool, only: list[str] | None, memory: bool) -> list[dict[str, obj
             print_rows(rows[-1:])
             continue
         for workload in workloads:
+            if names is not None and workload.name not in names:
+                continue
             results = time_workload(workload)
             if memory and workload.measure_memory:
                 for name, peak in measure_peak_memory(group, workload, quick).items():
@@ -693,12 +697,30 @@ def print_rows(rows: list[dict[str, object]]) -> None:
     sys.stdout.flush()
 
 
+# A competing job: matrix products on torch's default number of threads, forever.
+_COMPETITOR = (
+    "import torch\na = torch.randn(256, 256) / 16\nwhile True:\n    a = torch.tanh(a @ a)\n"
+)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="small sizes, few repeats")
     parser.add_argument("--only", help=f"comma-separated subset of {', '.join(WORKLOAD_GROUPS)}")
     parser.add_argument("--no-memory", action="store_true", help="skip the memory subprocesses")
     parser.add_argument("--json", help="write the rows to this file")
+    parser.add_argument(
+        "--workloads",
+        help="semicolon-separated names of workloads to run (e.g. 'UPGradWeighting m=64')",
+    )
+    parser.add_argument(
+        "--compete",
+        type=int,
+        default=0,
+        metavar="N",
+        help="N competing torch processes (matrix products on all cores) during the run, as "
+        "data-loader workers or a second job would be",
+    )
     parser.add_argument("--child", nargs=3, metavar=("GROUP", "WORKLOAD", "CONFIGURATION"))
     arguments = parser.parse_args(argv)
     if arguments.child is not None:
@@ -707,7 +729,16 @@ def main(argv: list[str] | None = None) -> None:
     only = arguments.only.split(",") if arguments.only else None
     start = time.perf_counter()
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, quick={arguments.quick}")
-    rows = run(arguments.quick, only, memory=not arguments.no_memory)
+    names = arguments.workloads.split(";") if arguments.workloads else None
+    competitors = [
+        subprocess.Popen([sys.executable, "-c", _COMPETITOR]) for _ in range(arguments.compete)
+    ]
+    try:
+        rows = run(arguments.quick, only, memory=not arguments.no_memory, names=names)
+    finally:
+        for competitor in competitors:
+            competitor.kill()
+            competitor.wait()
     print(f"total {time.perf_counter() - start:.1f} s")
     if arguments.json:
         Path(arguments.json).write_text(json.dumps(rows, indent=1))
