@@ -54,6 +54,9 @@ class ModuleCall:
     #: The name of the parameter that the single backward pass must reach so that the nodes of
     #: those inner edges run (``None``: any parameter of the call).
     backward_target: str | None = None
+    #: Or, in its place, an edge inside the call whose gradient the pass asks for: it makes
+    #: those nodes run without computing the gradient of a large weight.
+    backward_edge: GradientEdge | None = None
 
     @property
     def effective_parent(self) -> ModuleCall | None:
