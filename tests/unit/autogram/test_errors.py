@@ -358,3 +358,23 @@ def test_non_finite_losses_give_a_non_finite_gramian_rather_than_a_batch_error()
     gramian = engine.compute_gramian(losses)
 
     assert not bool(torch.isfinite(gramian).all())
+
+
+@pytest.mark.parametrize("finite_dependency", [True, False])
+def test_loss_depending_on_other_samples_with_an_infinite_gradient(
+    finite_dependency: bool,
+) -> None:
+    # The loss at index 0 reaches sample 2 with an infinite gradient; it is refused exactly
+    # when it also reaches sample 1 with a finite non-zero one.
+    layer = nn.Linear(2, 2).double()
+    engine = Engine(layer, batch_dim=0)
+    out = layer(_x(3, 2))
+    first = out[0].sum() + (out[2] * float("inf")).sum()
+    if finite_dependency:
+        first = first + 2.0 * out[1].sum()
+    losses = torch.stack([first, out[1].sum(), out[2].sum()])
+    if finite_dependency:
+        with pytest.raises(ValueError, match="per-sample"):
+            engine.compute_gramian(losses)
+    else:
+        assert not bool(torch.isfinite(engine.compute_gramian(losses)).all())
