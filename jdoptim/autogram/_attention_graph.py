@@ -76,7 +76,19 @@ def with_projection_edge(call: ModuleCall) -> ModuleCall | None:
         output_sums=[*call.output_sums, None],
         inner_saved=(projected_input.detach(), attended.detach()),
         backward_target="in_proj_weight",
+        backward_edge=_input_edge(projection),
     )
+
+
+def _input_edge(projection: Node) -> GradientEdge | None:
+    """The edge of the projection's input (its first operand), when it requires grad.
+
+    Asking the backward pass for that gradient makes the projection's node run, as reaching
+    ``in_proj_weight`` would, but without the weight's gradient (``3E × E`` from ``L N`` rows):
+    the input's gradient is computed anyway whenever a layer before the call is trained.
+    """
+    node, output_nr = projection.next_functions[0]
+    return None if node is None else GradientEdge(node, output_nr)
 
 
 def _same_view(first: Tensor, second: object) -> bool:

@@ -3,7 +3,7 @@ accumulated in float32 or wider."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Collection
 from contextlib import ExitStack
 
 import torch
@@ -30,9 +30,9 @@ def _dtype(device_type: str) -> torch.dtype:
     return torch.get_autocast_gpu_dtype()
 
 
-def autocast_states(device_types: Iterable[str]) -> tuple[AutocastState, ...]:
+def autocast_states(device_types: Collection[str]) -> tuple[AutocastState, ...]:
     """The current autocast state of each of ``device_types`` (and of the CPU)."""
-    types = sorted({"cpu", *device_types} & {"cpu", "cuda"})
+    types = ("cpu", "cuda") if "cuda" in device_types else ("cpu",)
     return tuple(
         (device_type, _is_enabled(device_type), _dtype(device_type)) for device_type in types
     )

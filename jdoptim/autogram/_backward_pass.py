@@ -131,7 +131,14 @@ def _accumulate_streaming(
         for node in {key[0] for key in waiting}:
             handles.append(node.register_prehook(make_hook(node)))
         targets = _cheapest_parameters(groups, used)
-        torch.autograd.grad(output, targets, grad_outputs, retain_graph=True, allow_unused=True)
+        # Tensors and gradient edges mixed, as torch.autograd.grad documents (not its stubs).
+        torch.autograd.grad(
+            output,
+            targets,  # type: ignore[arg-type]
+            grad_outputs,
+            retain_graph=True,
+            allow_unused=True,
+        )
     finally:
         for handle in handles:
             handle.remove()
@@ -151,11 +158,17 @@ def _accumulate_streaming(
             receive(key, gradient)
 
 
-def _cheapest_parameters(groups: list[list[ModuleCall]], used: Used) -> list[nn.Parameter]:
-    """For each call, its smallest used parameter: the pass must reach it through the call."""
-    targets: dict[int, nn.Parameter] = {}
+def _cheapest_parameters(
+    groups: list[list[ModuleCall]], used: Used
+) -> list[nn.Parameter | GradientEdge]:
+    """For each call, its smallest used parameter: the pass must reach it through the call (or
+    the edge inside the call that the call names instead, see ``ModuleCall.backward_edge``)."""
+    targets: dict[object, nn.Parameter | GradientEdge] = {}
     for group in groups:
         for call in group:
+            if call.backward_edge is not None:
+                targets.setdefault(_key(call.backward_edge), call.backward_edge)
+                continue
             named = dict(used[call])
             if call.backward_target in named:
                 parameter = named[call.backward_target]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor, nn
 from torch.autograd.graph import GradientEdge
@@ -18,22 +20,35 @@ def check_batch_independence(named_modules: list[tuple[str, nn.Module]], batch_d
             dimension 1).
     """
     for name, module in named_modules:
-        label = f"`{name}` ({type(module).__name__})" if name else type(module).__name__
         if isinstance(module, _BatchNorm) and (module.training or module.running_mean is None):
             reason = "normalises with statistics of the whole batch"
-        elif module.training and any(
-            getattr(module, buffer, None) is not None for buffer in ("running_mean", "running_var")
+        elif module.training and (
+            _attribute(module, "running_mean") is not None
+            or _attribute(module, "running_var") is not None
         ):
             reason = "updates running statistics in training mode"
         elif isinstance(module, nn.RNNBase):
             reason = "keeps a hidden state that is not batched on the first dimension"
         else:
             continue
+        label = f"`{name}` ({type(module).__name__})" if name else type(module).__name__
         raise ValueError(
             f"The module {label} {reason}, so the losses of a batch are not independent along "
             f"`batch_dim={batch_dim}`. Use `batch_dim=None` (exact for every module, slower), "
             "put the module in eval mode, or replace batch normalization by `nn.GroupNorm`."
         )
+
+
+def _attribute(module: nn.Module, name: str) -> object:
+    """``getattr(module, name, None)`` without the exception that ``nn.Module.__getattr__``
+    raises for a missing name: the same lookup when ``type(module)`` does not define ``name``
+    (the instance's own attributes, then its parameters, buffers and submodules)."""
+    if hasattr(type(module), name):
+        return getattr(module, name, None)
+    for namespace in (vars(module), module._parameters, module._buffers, module._modules):
+        if name in namespace:
+            return namespace[name]
+    return None
 
 
 def check_losses_are_per_sample(
@@ -63,7 +78,14 @@ def check_losses_are_per_sample(
         if gradient is None or gradient.dim() == 0 or gradient.shape[0] != samples:
             continue
         others = gradient[1:]
-        if bool(((others != 0) & torch.isfinite(others)).any()):
+        if others.numel() == 0:
+            continue
+        # One reduction in the common case: the largest magnitude is 0 (per-sample losses) or
+        # finite and non-zero (refused); only an infinite or NaN one needs the element-wise test.
+        largest = float(others.abs().amax())
+        if largest == 0.0:
+            continue
+        if math.isfinite(largest) or bool(((others != 0) & torch.isfinite(others)).any()):
             raise ValueError(
                 f"With `batch_dim={batch_dim}`, the loss at index i along dimension {batch_dim} "
                 "must depend on sample i of the batch only, but the loss at index 0 depends on "

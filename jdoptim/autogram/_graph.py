@@ -54,16 +54,21 @@ def find_used_parameters(
         node, region = to_visit.pop()
         while region is not None and node in region.input_nodes:
             region = parent_of[region]
-        region = _enter(node, region, calls_by_output_node, parent_of)
+        if node in calls_by_output_node:
+            region = _enter(node, region, calls_by_output_node, parent_of)
         key = (node, id(region))
         if key in visited:
             continue
         visited.add(key)
 
-        variable = getattr(node, "variable", None)
-        if isinstance(variable, Tensor) and id(variable) in parameters:
-            _record_use(variable, region, parameters, owned_names, used)
-        for next_node, _ in node.next_functions:
+        next_functions = node.next_functions
+        if not next_functions:
+            # Only leaves (``AccumulateGrad``) hold a variable; asking another node raises
+            # inside ``getattr``, which made most of the walk's cost.
+            variable = getattr(node, "variable", None)
+            if isinstance(variable, Tensor) and id(variable) in parameters:
+                _record_use(variable, region, parameters, owned_names, used)
+        for next_node, _ in next_functions:
             if next_node is not None:
                 to_visit.append((next_node, region))
     return {call: list(named.values()) for call, named in used.items()}

@@ -58,17 +58,25 @@ def linear_gramian(
             gramian += (delta_kernel * x_kernel).sum(dim=(1, 3))
         else:
             # Per-row gradients Σ_s δ[t, b, s]ᵀ x[b, s], one batched product per sample, by
-            # blocks of output features no larger than the call's own tensors.
+            # blocks of output features no larger than the call's own tensors, written into
+            # one buffer and added to the Gramian in place (no temporary per block). The
+            # products are taken in the order (b, t) of the rows, then reordered once.
             by_sample = delta.permute(1, 0, 3, 2)  # [B, T, out, S]
             budget = max(x.numel(), delta.numel())
             block = max(1, min(out_features, budget // (size * in_features)))
+            storage = x.new_empty(size * block * in_features)
+            by_sample_gramian = gramian if rows == 1 else delta.new_zeros(size, size)
             for start in range(0, out_features, block):
                 part = by_sample[:, :, start : start + block]
-                part = part.reshape(samples, rows * part.shape[2], positions)
-                weight_jacobian = torch.bmm(part, x)  # [B, T·block, in]
-                matrix = weight_jacobian.reshape(samples, rows, -1).transpose(0, 1)
-                matrix = matrix.reshape(size, -1)
-                gramian += matrix @ matrix.T
+                width = part.shape[2]
+                part = part.reshape(samples, rows * width, positions)
+                weight_jacobian = storage[: size * width * in_features]
+                torch.bmm(part, x, out=weight_jacobian.view(samples, rows * width, in_features))
+                matrix = weight_jacobian.view(size, width * in_features)  # rows (b, t)
+                by_sample_gramian.addmm_(matrix, matrix.T)
+            if rows > 1:
+                reordered = by_sample_gramian.view(samples, rows, samples, rows)
+                gramian += reordered.permute(1, 0, 3, 2).reshape(size, size)
     if "bias" in names:
         bias_jacobian = delta.sum(dim=2).reshape(size, out_features)
         gramian += bias_jacobian @ bias_jacobian.T

@@ -54,6 +54,9 @@ class ModuleCall:
     #: The name of the parameter that the single backward pass must reach so that the nodes of
     #: those inner edges run (``None``: any parameter of the call).
     backward_target: str | None = None
+    #: Or, in its place, an edge inside the call whose gradient the pass asks for: it makes
+    #: those nodes run without computing the gradient of a large weight.
+    backward_edge: GradientEdge | None = None
 
     @property
     def effective_parent(self) -> ModuleCall | None:
@@ -90,11 +93,29 @@ def _leaves(tree: Any) -> list[Any]:
 
 
 def _tensor_leaves(args: tuple[Any, ...], kwargs: dict[str, Any]) -> list[Tensor]:
-    if all(_is_atom(value) for value in args) and all(_is_atom(v) for v in kwargs.values()):
-        leaves = [*args, *kwargs.values()]
-    else:
-        leaves = tree_flatten((args, kwargs))[0]
-    return [leaf for leaf in leaves if isinstance(leaf, Tensor)]
+    tensors = []
+    for value in (*args, *kwargs.values()):
+        if isinstance(value, Tensor):
+            tensors.append(value)
+        elif not _is_atom(value):
+            leaves = tree_flatten((args, kwargs))[0]
+            return [leaf for leaf in leaves if isinstance(leaf, Tensor)]
+    return tensors
+
+
+def _node(tensor: Tensor) -> Node:
+    """The node of ``tensor``'s gradient edge (its ``grad_fn``, without building the edge)."""
+    node = tensor.grad_fn
+    return get_gradient_edge(tensor).node if node is None else node
+
+
+def _edge(tensor: Tensor) -> GradientEdge:
+    """``get_gradient_edge(tensor)``, built directly for the nodes of torch's own operations
+    (those of custom autograd functions need the ownership token that it adds)."""
+    node = tensor.grad_fn
+    if node is None or isinstance(node, torch._C._FunctionBase):
+        return get_gradient_edge(tensor)
+    return GradientEdge(node, tensor.output_nr)
 
 
 def _detach(value: Any) -> Any:
@@ -142,18 +163,18 @@ class CallRecorder:
         return self.enabled and torch.is_grad_enabled()
 
     def _on_call_start(self, module: nn.Module, args: Any, kwargs: Any) -> None:
-        if not self._should_record():
+        if not (self.enabled and torch.is_grad_enabled()):
             return
-        parent = self._stack[-1] if self._stack else None
-        call = ModuleCall(module=module, parent=parent)
+        stack = self._stack
+        call = ModuleCall(module=module, parent=stack[-1] if stack else None)
         inputs = _tensor_leaves(args, kwargs)
         call.versions_before = {id(t): t._version for t in inputs}
-        devices = [t.device.type for t in inputs]
-        devices += [p.device.type for p in module.parameters(recurse=False)]
+        devices = {t.device.type for t in inputs}
+        devices.update(p.device.type for p in module._parameters.values() if p is not None)
         call.autocast = autocast_states(devices)
         # Taken before the forward: a module modifying an input in place changes its node.
-        call.input_nodes = {get_gradient_edge(t).node for t in inputs if t.requires_grad}
-        self._stack.append(call)
+        call.input_nodes = {_node(t) for t in inputs if t.requires_grad}
+        stack.append(call)
         self.calls.append(call)
 
     def _on_call_end(self, module: nn.Module, args: Any, kwargs: Any, output: Any) -> None:
@@ -167,21 +188,25 @@ class CallRecorder:
         if call is None:
             return
         inputs = _tensor_leaves(args, kwargs)
-        if all(_is_atom(value) for value in args):
+        if all(_is_atom(value) for value in args) and all(
+            _is_atom(value) for value in kwargs.values()
+        ):
             call.args = tuple(_detach(value) for value in args)
+            call.kwargs = {name: _detach(value) for name, value in kwargs.items()}
+            # The same detached aliases, in the order of ``inputs``.
+            call.input_tensors = [
+                value for value in (*call.args, *call.kwargs.values()) if isinstance(value, Tensor)
+            ]
         else:
             call.args = tree_map(_detach, tuple(args))
-        if all(_is_atom(value) for value in kwargs.values()):
-            call.kwargs = {name: _detach(value) for name, value in kwargs.items()}
-        else:
             call.kwargs = tree_map(_detach, dict(kwargs))
-        call.input_tensors = [t.detach() for t in inputs]
+            call.input_tensors = [t.detach() for t in inputs]
         call.input_versions = [t._version for t in inputs]
         call.modifies_inputs = any(
             call.versions_before.get(id(t), t._version) != t._version for t in inputs
         )
         if not call.modifies_inputs:
-            call.input_nodes |= {get_gradient_edge(t).node for t in inputs if t.requires_grad}
+            call.input_nodes.update(_node(t) for t in inputs if t.requires_grad)
         checksums = self._needs_checksums(module)
         for leaf in _leaves(output):
             edge = None
@@ -189,7 +214,7 @@ class CallRecorder:
             if isinstance(leaf, Tensor):
                 call.output_shapes.append(leaf.shape)
                 if leaf.requires_grad:
-                    edge = get_gradient_edge(leaf)
+                    edge = _edge(leaf)
                     if edge.node in call.input_nodes:
                         edge = None  # An input passed through unchanged: not produced here.
                     elif checksums:
@@ -206,20 +231,26 @@ class CallRecorder:
 HookRef = weakref.ReferenceType[CallRecorder]
 
 
-def _make_pre_hook(reference: HookRef) -> Callable[[nn.Module, Any, Any], None]:
-    def pre_hook(module: nn.Module, args: Any, kwargs: Any) -> None:
+# torch calls the hooks of a module from a copy of its hook dictionaries taken before the first
+# one: a hook removed meanwhile (its recorder garbage-collected, or ``Engine.remove`` called by
+# an earlier hook) is still called, without its keyword arguments, since its flag asking for
+# them is already gone. Such a call has one argument fewer and records nothing.
+
+
+def _make_pre_hook(reference: HookRef) -> Callable[..., None]:
+    def pre_hook(module: nn.Module, args: Any, *kwargs: Any) -> None:
         recorder = reference()
-        if recorder is not None:
-            recorder._on_call_start(module, args, kwargs)
+        if recorder is not None and kwargs:
+            recorder._on_call_start(module, args, kwargs[0])
 
     return pre_hook
 
 
-def _make_hook(reference: HookRef) -> Callable[[nn.Module, Any, Any, Any], None]:
-    def hook(module: nn.Module, args: Any, kwargs: Any, output: Any) -> None:
+def _make_hook(reference: HookRef) -> Callable[..., None]:
+    def hook(module: nn.Module, args: Any, *kwargs_and_output: Any) -> None:
         recorder = reference()
-        if recorder is not None:
-            recorder._on_call_end(module, args, kwargs, output)
+        if recorder is not None and len(kwargs_and_output) == 2:
+            recorder._on_call_end(module, args, *kwargs_and_output)
 
     return hook
 

@@ -41,7 +41,8 @@ def normalization_gramian(
     samples = x.shape[0] if batched else 1
     delta = delta.to(dtype).reshape(rows, samples, -1, features)
     size = rows * samples
-    gramian = delta.new_zeros(size, size)
+    # The per-row gradients of the weight and of the bias side by side: one product.
+    jacobians = []
     if "weight" in names:
         eps: float | None = getattr(module, "eps", None)
         if eps is None:  # RMSNorm's default: the machine epsilon of its input
@@ -52,9 +53,10 @@ def normalization_gramian(
             normalized = F.rms_norm(x.to(dtype), shape, None, eps)
         normalized = normalized.reshape(samples, -1, features)
         # A product and a sum: einsum would make it B·n matrix products of one column.
-        weight_jacobian = (delta * normalized).sum(dim=2).reshape(size, -1)
-        gramian += weight_jacobian @ weight_jacobian.T
+        jacobians.append((delta * normalized).sum(dim=2).reshape(size, -1))
     if "bias" in names:
-        bias_jacobian = delta.sum(dim=2).reshape(size, features)
-        gramian += bias_jacobian @ bias_jacobian.T
-    return gramian
+        jacobians.append(delta.sum(dim=2).reshape(size, features))
+    if not jacobians:
+        return delta.new_zeros(size, size)
+    matrix = jacobians[0] if len(jacobians) == 1 else torch.cat(jacobians, dim=1)
+    return matrix @ matrix.T

@@ -89,6 +89,30 @@ def test_attention_as_the_first_layer_on_an_input_without_grad() -> None:
     _check(attention, out.pow(2).sum((1, 2)), engine)
 
 
+@pytest.mark.usefixtures("no_recomputation")
+def test_attention_as_the_first_layer_on_an_input_with_grad() -> None:
+    # The pass asks for the gradient of the projection's input, which no other call needs.
+    torch.manual_seed(0)
+    attention = nn.MultiheadAttention(4, 2, batch_first=True).double()
+    engine = Engine(attention, batch_dim=0)
+    x = torch.randn(3, 5, 4, dtype=torch.float64, requires_grad=True)
+    out, _ = attention(x, x, x, need_weights=False)
+    _check(attention, out.pow(2).sum((1, 2)), engine)
+
+
+@pytest.mark.usefixtures("no_recomputation")
+def test_the_backward_pass_skips_the_gradient_of_the_fused_projection_weight() -> None:
+    torch.manual_seed(0)
+    model = SelfAttention(batch_first=True, bias=True).double()
+    engine = Engine(model, batch_dim=0)
+    reached: list[int] = []
+    model.attention.in_proj_weight.register_hook(lambda grad: reached.append(1))
+    losses = _losses(model(torch.randn(3, 5, 3, dtype=torch.float64)))[:, 0]
+    gramian = engine.compute_gramian(losses)
+    assert reached == []
+    torch.testing.assert_close(gramian, explicit_gramian(losses, trainable(model)), **TOLERANCE)
+
+
 # No fused projection in their graphs: torch projects an unbatched query separately.
 @pytest.mark.parametrize(
     ("case", "batch_dim"), [("cross_attention", 0), ("cross_attention", None), ("unbatched", None)]

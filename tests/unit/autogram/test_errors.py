@@ -52,6 +52,37 @@ def test_batch_statistics_are_refused_with_a_batch_dim(norm: nn.Module) -> None:
         Engine(model, batch_dim=0)
 
 
+class _PlainRunningMean(nn.Module):
+    """Running statistics kept as a plain attribute, not a buffer."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.running_mean = torch.zeros(3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x
+
+
+class _PropertyRunningVar(nn.Module):
+    """Running statistics exposed by a property of the class."""
+
+    @property
+    def running_var(self) -> torch.Tensor:
+        return torch.ones(3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x
+
+
+@pytest.mark.parametrize("module", [_PlainRunningMean, _PropertyRunningVar])
+def test_running_statistics_outside_buffers_are_refused_in_training(
+    module: type[nn.Module],
+) -> None:
+    with pytest.raises(ValueError, match="running statistics"):
+        Engine(nn.Sequential(nn.Linear(2, 3), module()), batch_dim=0)
+    Engine(nn.Sequential(nn.Linear(2, 3), module()).eval(), batch_dim=0)
+
+
 def test_batch_norm_switched_to_training_after_construction() -> None:
     model = nn.Sequential(nn.Linear(2, 3), nn.BatchNorm1d(3)).double().eval()
     engine = Engine(model, batch_dim=0)
@@ -327,3 +358,23 @@ def test_non_finite_losses_give_a_non_finite_gramian_rather_than_a_batch_error()
     gramian = engine.compute_gramian(losses)
 
     assert not bool(torch.isfinite(gramian).all())
+
+
+@pytest.mark.parametrize("finite_dependency", [True, False])
+def test_loss_depending_on_other_samples_with_an_infinite_gradient(
+    finite_dependency: bool,
+) -> None:
+    # The loss at index 0 reaches sample 2 with an infinite gradient; it is refused exactly
+    # when it also reaches sample 1 with a finite non-zero one.
+    layer = nn.Linear(2, 2).double()
+    engine = Engine(layer, batch_dim=0)
+    out = layer(_x(3, 2))
+    first = out[0].sum() + (out[2] * float("inf")).sum()
+    if finite_dependency:
+        first = first + 2.0 * out[1].sum()
+    losses = torch.stack([first, out[1].sum(), out[2].sum()])
+    if finite_dependency:
+        with pytest.raises(ValueError, match="per-sample"):
+            engine.compute_gramian(losses)
+    else:
+        assert not bool(torch.isfinite(engine.compute_gramian(losses)).all())

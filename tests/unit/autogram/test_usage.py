@@ -135,6 +135,30 @@ def test_deleted_engine_leaves_no_hook() -> None:
     assert all(not m._forward_hooks and not m._forward_pre_hooks for m in model)
 
 
+@pytest.mark.parametrize("hook", ["pre", "post"])
+def test_engine_deleted_by_an_earlier_hook_of_the_same_call(hook: str) -> None:
+    # torch calls a module's hooks from a copy taken before the first one: the hooks of an
+    # engine deleted by an earlier hook are still called, without their keyword arguments.
+    model = nn.Linear(3, 2, dtype=torch.float64)
+    engines = [Engine(model, batch_dim=0)]
+
+    def drop(*_: object) -> None:
+        engines.clear()
+        gc.collect()  # The engine and its recorder reference each other.
+
+    if hook == "pre":
+        model.register_forward_pre_hook(drop, prepend=True)
+    else:
+        model.register_forward_hook(drop, prepend=True)
+    losses = model(torch.randn(4, 3, dtype=torch.float64)).sum(1)
+    assert not engines
+    survivor = Engine(model, batch_dim=0)
+    losses = model(torch.randn(4, 3, dtype=torch.float64)).sum(1)
+    gramian = survivor.compute_gramian(losses)
+    jacobian = explicit_jacobian(losses, trainable(model))
+    torch.testing.assert_close(gramian, jacobian @ jacobian.T)
+
+
 class ScaledLayer(nn.Module):
     """A module with its own parameter around a child: the engine replays it whole."""
 
