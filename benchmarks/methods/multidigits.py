@@ -180,7 +180,8 @@ def _pairwise_cosines(rows: list[Tensor]) -> Tensor:
     unit = jacobian / jacobian.norm(dim=1, keepdim=True).clamp(min=1e-30)
     cosines = unit @ unit.T
     mask = torch.triu(torch.ones_like(cosines, dtype=torch.bool), diagonal=1)
-    return cosines[mask]
+    pairs: Tensor = cosines[mask]
+    return pairs
 
 
 def _cosines(model: Model, features: Tensor, losses: list[Tensor]) -> tuple[Tensor, Tensor]:

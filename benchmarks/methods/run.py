@@ -102,7 +102,7 @@ def run_toy(
         runs = [by_name[name] for name in names]
     seconds = time.perf_counter() - started
     log(f"toy: {len(names)} methods × 5 starts, {steps} steps in {seconds:.0f} s")
-    rows = {}
+    rows: dict[str, dict[str, Any]] = {}
     for run in runs:
         name = run.name
         difference, seconds = toy.check_against_optimizer(

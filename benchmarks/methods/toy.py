@@ -28,6 +28,7 @@ import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import cast
 
 import torch
 from torch import Tensor
@@ -152,10 +153,10 @@ def run_many(
     scalarizers = [member for member in members if member.scalarizing]
     any_famo = any(isinstance(member.instances[0], FAMO) for member in members)
     saved_x, saved_l = [x.detach().clone()], [losses(x.detach())]
-    rows = x.shape[0]
-    conflicting = torch.zeros(rows, dtype=torch.int64)
-    both_rose = torch.zeros(rows, dtype=torch.int64)
-    min_alignment = torch.full((rows,), math.inf)
+    n_rows = x.shape[0]
+    conflicting = torch.zeros(n_rows, dtype=torch.int64)
+    both_rose = torch.zeros(n_rows, dtype=torch.int64)
+    min_alignment = torch.full((n_rows,), math.inf)
     values = losses(x)
     previous: Tensor | None = None
     start_time = time.perf_counter()
@@ -185,7 +186,7 @@ def run_many(
                 ]
                 member.rng = torch.get_rng_state()
                 member.seconds += time.perf_counter() - started
-            torch.stack(scalars).sum().backward()
+            torch.autograd.backward(torch.stack(scalars).sum())
             assert x.grad is not None
             for index, member in enumerate(members):
                 if member.scalarizing:
@@ -198,7 +199,10 @@ def run_many(
             block = jacobians[member.rows]
             own = detached[member.rows]
             updates[index] = torch.stack(
-                [a(block[j], losses=own[j]) for j, a in enumerate(member.instances)]
+                [
+                    cast(Aggregator, a)(block[j], losses=own[j])
+                    for j, a in enumerate(member.instances)
+                ]
             )
             member.rng = torch.get_rng_state()
             member.seconds += time.perf_counter() - started
