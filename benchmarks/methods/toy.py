@@ -126,6 +126,7 @@ def run_many(
     starts: tuple[tuple[float, float], ...] = STARTS,
     save_every: int = 1,
     seed: int = 0,
+    progress: Callable[[str], None] | None = None,
 ) -> list[ToyRun]:
     """Adam on all ``starts`` of all ``methods`` at once, one method instance per start.
 
@@ -138,7 +139,7 @@ def run_many(
     An aggregator gets each start's Jacobian; a scalarizer's scalars are summed over its starts
     (independent, so the gradient is each start's own) and back-propagated, its own parameters
     (UW, IMTL-L) trained by the same Adam; FAMO is updated after each step with the new losses
-    and DWA's epoch ends every ``DWA_EPOCH`` steps.
+    and DWA's epoch ends every ``DWA_EPOCH`` steps. ``progress`` gets a line every 1,000 steps.
     """
     k = len(starts)
     members = []
@@ -234,6 +235,9 @@ def run_many(
         if (step + 1) % save_every == 0 or step + 1 == steps:
             saved_x.append(x.detach().clone())
             saved_l.append(values.detach().clone())
+        if progress is not None and (step + 1) % 1000 == 0:
+            seconds = time.perf_counter() - start_time
+            progress(f"{members[0].name}…: step {step + 1}/{steps} in {seconds:.0f} s")
     elapsed = time.perf_counter() - start_time
     trajectory, loss_trajectory = torch.stack(saved_x), torch.stack(saved_l)
     return [
