@@ -18,17 +18,19 @@ from __future__ import annotations
 import argparse
 import functools
 import json
+import multiprocessing
 import statistics
 import tempfile
 import time
 from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from . import figures, multidigits, toy
-from ._registry import FAMILIES, aggregators, scalarizers
+from ._registry import FAMILIES, SLOW, aggregators, scalarizers
 
 ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_OUT = ROOT / "docs" / "guide" / "results"
@@ -57,18 +59,71 @@ def _fmt(values: list[float]) -> str:
     return f"{100 * statistics.mean(values):.1f} ± {100 * statistics.stdev(values):.1f}"
 
 
-def run_toy(quick: bool, paper: bool, out: Path, log: Callable[[str], None]) -> dict[str, Any]:
+#: Methods left out of ``--paper``, with the reason (printed under its table).
+PAPER_SKIPPED = {
+    "FairGrad": "at Pareto-stationary points (the two gradients nearly opposite) its root "
+    "search has no root and falls back to scipy's least squares, 65–160 ms per call instead of "
+    "about 1 ms: 35,000 steps of five starts would take hours (in the short setting, where its "
+    "five starts reach the Pareto set, it averages 55 ms per call)",
+}
+
+
+def _print(line: str) -> None:
+    print(line, flush=True)
+
+
+def _toy_group(names: list[str], steps: int, lr: float) -> list[toy.ToyRun]:
+    """One batched run of the toy for the methods ``names`` (in a worker process or not)."""
+    torch.set_num_threads(1)
+    table = methods(2)
+    specs = [(name, functools.partial(table[name], 2)) for name in names]
+    progress = _print if steps >= 10_000 else None
+    return toy.run_many(specs, steps, lr, save_every=max(steps // 350, 1), progress=progress)
+
+
+def _groups(names: list[str], workers: int) -> list[list[str]]:
+    """``names`` split into ``workers`` groups of about equal cost (a convex-program method
+    costs about twelve of the others per call)."""
+    groups: list[list[str]] = [[] for _ in range(workers)]
+    costs = [0] * workers
+    for name in sorted(names, key=lambda n: n not in SLOW):
+        lightest = costs.index(min(costs))
+        groups[lightest].append(name)
+        costs[lightest] += 12 if name in SLOW else 1
+    return [group for group in groups if group]
+
+
+def run_toy(
+    quick: bool, paper: bool, out: Path, log: Callable[[str], None], workers: int = 1
+) -> dict[str, Any]:
     steps, lr = (35_000, 1e-3) if paper else (350, 0.1)
     check_steps = 20 if quick else 50
     front = toy.pareto_set(0.02 if quick else 0.01)
     table = methods(2)
     names = [n for n in table if not quick or n in QUICK_TOY]
-    runs, rows = [], {}
-    for name in names:
-        make = functools.partial(table[name], 2)
-        started = time.perf_counter()
-        run = toy.run_batched(name, make, steps, lr, save_every=max(steps // 350, 1))
-        difference, seconds = toy.check_against_optimizer(make, check_steps, lr, toy.STARTS[1])
+    skipped = {n: PAPER_SKIPPED[n] for n in names if paper and n in PAPER_SKIPPED}
+    names = [n for n in names if n not in skipped]
+    factories = {name: functools.partial(table[name], 2) for name in names}
+    started = time.perf_counter()
+    if workers == 1:
+        runs = _toy_group(names, steps, lr)
+    else:
+        # Each method's trajectory is the same whatever runs next to it (own rows, own random
+        # stream), so splitting the methods over processes changes no result.
+        context = multiprocessing.get_context("fork")
+        with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
+            groups = _groups(names, workers)
+            done = pool.map(_toy_group, groups, [steps] * len(groups), [lr] * len(groups))
+            by_name = {run.name: run for group in done for run in group}
+        runs = [by_name[name] for name in names]
+    seconds = time.perf_counter() - started
+    log(f"toy: {len(names)} methods × 5 starts, {steps} steps in {seconds:.0f} s")
+    rows: dict[str, dict[str, Any]] = {}
+    for run in runs:
+        name = run.name
+        difference, seconds = toy.check_against_optimizer(
+            factories[name], check_steps, lr, toy.STARTS[1]
+        )
         summary = toy.summary(run, front)
         rows[name] = {
             **summary,
@@ -77,24 +132,27 @@ def run_toy(quick: bool, paper: bool, out: Path, log: Callable[[str], None]) -> 
             "both_rose": run.both_rose,
             "min_alignment": run.min_alignment,
             "updates": run.steps * len(toy.STARTS),
-            "batched_us_per_step": 1e6 * run.seconds_per_step,
+            "method_us_per_step": 1e6 * run.seconds_per_step,
             "optimizer_ms_per_step": 1e3 * seconds,
             "difference_vs_optimizer": difference,
         }
-        runs.append(run)
         log(
             f"toy {name:<18} reached {summary['reached']}/5  conflicting "
             f"{run.conflicting_updates}/{run.steps * 5}  Δ vs optimizer {difference:.1e}  "
-            f"({time.perf_counter() - started:.1f} s)"
+            f"method {1e6 * run.seconds_per_step:.0f} µs / start and step"
         )
-    figures.parameter_space(runs, front, out / "toy_parameters.png")
-    figures.loss_space(runs, front, out / "toy_losses.png")
+    stem = "toy_paper" if paper else "toy"
+    figures.parameter_space(runs, front, out / f"{stem}_parameters.png")
+    figures.loss_space(runs, front, out / f"{stem}_losses.png")
     lines = [
         f"Adam, lr = {lr:g}, {steps} steps from each of the five starts; a start reaches the "
-        f"Pareto set when it ends within {toy.REACH_DISTANCE} of it (parameter space).",
+        f"Pareto set when it ends within {toy.REACH_DISTANCE} of it (parameter space). "
+        "µs / step (method): the method's own calls per start and step in the batched run (the "
+        "forward and backward passes and Adam are shared by all rows); ms / step (optimizer): "
+        "one `JacobianOptimizer.step` on one start, everything included.",
         "",
         "| method | family | reached | final (L1, L2) of the five starts | conflicting updates "
-        "| both losses rose | µs / step (batched) | ms / step (optimizer) "
+        "| both losses rose | µs / step (method) | ms / step (optimizer) "
         "| max \\|Δx\\| vs optimizer |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
@@ -103,11 +161,19 @@ def run_toy(quick: bool, paper: bool, out: Path, log: Callable[[str], None]) -> 
         lines.append(
             f"| {name} | {row['family']} | {row['reached']}/5 | {finals} | "
             f"{100 * row['conflicting_updates'] / row['updates']:.1f} % | {row['both_rose']} | "
-            f"{row['batched_us_per_step']:.0f} | {row['optimizer_ms_per_step']:.2f} | "
+            f"{row['method_us_per_step']:.0f} | {row['optimizer_ms_per_step']:.2f} | "
             f"{row['difference_vs_optimizer']:.1e} |"
         )
-    (out / "toy.md").write_text("\n".join(lines) + "\n")
-    return {"steps": steps, "lr": lr, "rows": rows}
+    for name, reason in skipped.items():
+        lines += ["", f"Not run in this setting: {name}: {reason}."]
+    (out / f"{stem}.md").write_text("\n".join(lines) + "\n")
+    return {
+        "steps": steps,
+        "lr": lr,
+        "rows": rows,
+        "skipped": skipped,
+        "seconds": time.perf_counter() - started,
+    }
 
 
 def run_digits(quick: bool, out: Path, log: Callable[[str], None]) -> dict[str, Any]:
@@ -147,6 +213,8 @@ def run_digits(quick: bool, out: Path, log: Callable[[str], None]) -> dict[str, 
                 "mean_cosine": statistics.mean(r.mean_cosine for r in runs),
                 "late_cosine": statistics.mean(r.late_cosine for r in runs),
                 "negative_cosine_share": statistics.mean(r.negative_cosine_share for r in runs),
+                "feature_cosine": statistics.mean(r.feature_cosine for r in runs),
+                "cosine_per_seed": [r.mean_cosine for r in runs],
             }
             log(
                 f"digits {variant:<9} {name:<18} worst {_fmt(worst)}  "
@@ -156,7 +224,8 @@ def run_digits(quick: bool, out: Path, log: Callable[[str], None]) -> dict[str, 
         f"Test accuracy (%), mean ± std over seeds {list(seeds)}; {steps} steps of Adam "
         "(lr = 3e-3, batches of 128 pairs). The worst digit task is the lower of the first two "
         "columns (the regression's accuracy, its prediction rounded to the digit, stays low for "
-        "every method in so few steps).",
+        "every method in so few steps); in the conflict variant the two columns are its two "
+        "yes/no questions about the left digit, whose accuracies sum to at most 110 %.",
         "",
     ]
     for variant, rows in results.items():
@@ -177,18 +246,23 @@ def run_digits(quick: bool, out: Path, log: Callable[[str], None]) -> dict[str, 
     lines += [
         "### Conflict between the tasks' gradients",
         "",
-        "Cosine between the task gradients with respect to the trunk's output, every 10th step of "
-        "the runs with the mean (`Mean`); for three tasks, a step counts as conflicting when some "
-        "pair has a negative cosine.",
+        "Cosine between the task gradients with respect to the trunk's parameters (what the "
+        "aggregator sees in multi-task mode), every 5th step of the runs with the mean (`Mean`), "
+        "averaged over the run, over its second half, and per seed; the share of measured steps "
+        "with a negative cosine (for three tasks: some pair negative); and, for reference, the "
+        "mean cosine with respect to the trunk's output.",
         "",
-        "| variant | mean cosine | mean cosine, second half | steps with a negative cosine |",
-        "|---|---|---|---|",
+        "| variant | mean cosine | second half | per seed | steps with a negative cosine "
+        "| at the trunk's output |",
+        "|---|---|---|---|---|---|",
     ]
     for variant, rows in results.items():
         reference = rows.get("Mean") or next(iter(rows.values()))
+        per_seed = " / ".join(f"{c:.2f}" for c in reference["cosine_per_seed"])
         lines.append(
             f"| {variant} | {reference['mean_cosine']:.3f} | {reference['late_cosine']:.3f} | "
-            f"{100 * reference['negative_cosine_share']:.0f} % |"
+            f"{per_seed} | {100 * reference['negative_cosine_share']:.0f} % | "
+            f"{reference['feature_cosine']:.3f} |"
         )
     (out / "multidigits.md").write_text("\n".join(lines) + "\n")
     figures.digits_scales(results, out / "multidigits_scales.png")
@@ -201,6 +275,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--paper", action="store_true", help="the toy with 35,000 steps")
     parser.add_argument("--out", type=Path, default=None, help="output folder")
     parser.add_argument("--only", choices=("toy", "digits"), default=None)
+    parser.add_argument(
+        "--workers", type=int, default=1, help="processes for the toy (same results), default 1"
+    )
     args = parser.parse_args(argv)
     out = args.out or (Path(tempfile.mkdtemp()) if args.quick else DEFAULT_OUT)
     out.mkdir(parents=True, exist_ok=True)
@@ -212,13 +289,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     results: dict[str, Any] = {"quick": args.quick, "torch": torch.__version__}
     if args.only in (None, "toy"):
-        results["toy"] = run_toy(args.quick, args.paper, out, log)
+        results["toy"] = run_toy(args.quick, args.paper, out, log, args.workers)
     if args.only in (None, "digits"):
         results["digits"] = run_digits(args.quick, out, log)
     results["seconds"] = time.perf_counter() - started
-    (out / f"results{'_' + args.only if args.only else ''}.json").write_text(
-        json.dumps(results, indent=1)
-    )
+    suffix = ("_" + args.only if args.only else "") + ("_paper" if args.paper else "")
+    (out / f"results{suffix}.json").write_text(json.dumps(results, indent=1))
     log(f"wrote {out} in {results['seconds']:.0f} s")
     return results
 

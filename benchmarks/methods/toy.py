@@ -12,19 +12,23 @@ Its Pareto set is the segment
 ``x₁ ∈ [-7, 7]`` around ``x₂ ≈ -8``; above ``x₂ = 0`` the log terms make valleys that trap a
 method following one loss. Starts (-8.5, 7.5), (0, 0), (9, 9), (-7.5, -0.5), (9, -1); Adam.
 
-The five starts are batched: one ``[5, 2]`` parameter, one autograd pass for the ``[5, 2, 2]``
-Jacobians, one aggregator instance per start (the methods keep state per run), one Adam over the
-``[5, 2]`` tensor (Adam is elementwise, so it equals five Adams). :func:`check_against_optimizer`
-runs the same start through :class:`jdoptim.JacobianOptimizer` and reports the largest
-difference of the iterates (zero: the driver is the optimizer's computation).
+The runs are batched: every start of every method is one row of a single ``[methods × 5, 2]``
+parameter, so that one forward pass and two backward passes give all the ``[2, 2]`` Jacobians of
+a step, one Adam steps all rows (Adam is elementwise, so it equals one Adam per run), and the
+statistics are computed on all rows at once. Each method has one instance per start (the methods
+keep state per run) and its own random stream. Only the methods' own calls remain per start:
+they are what a step costs. :func:`check_against_optimizer` runs one start through
+:class:`jdoptim.JacobianOptimizer` and through this driver and reports the largest difference of
+the iterates (zero: the driver is the optimizer's computation).
 """
 
 from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import cast
 
 import torch
 from torch import Tensor
@@ -90,19 +94,166 @@ class ToyRun:
     name: str
     trajectory: Tensor  # [saved, 5, 2]
     loss_trajectory: Tensor  # [saved, 5, 2]
-    seconds_per_step: float  # per start and step (the five starts are batched)
+    seconds_per_step: float  # in the method's own calls, per start and step
     conflicting_updates: int  # updates d with cos(g_i, d) < -CONFLICT_TOLERANCE for some i
     both_rose: int  # steps after which both losses of a start were higher
     steps: int
     min_alignment: float = field(default=math.inf)  # min_i g_i·d / (|g_i| |d|) over the run
+    #: Wall time of the whole batched run per start, step and method (shared work included).
+    shared_seconds_per_step: float = 0.0
 
 
-def _jacobians(x: Tensor) -> tuple[Tensor, Tensor]:
-    """Losses ``[k, 2]`` and Jacobians ``[k, 2, 2]`` of ``k`` independent starts."""
-    x = x.detach().requires_grad_(True)
+@dataclass
+class _Member:
+    """One method of a batched run: its instances (one per start), its rows of the shared
+    parameter and its own random stream."""
+
+    name: str
+    instances: list[Method]
+    rows: slice
+    rng: Tensor
+    seconds: float = 0.0
+
+    @property
+    def scalarizing(self) -> bool:
+        return isinstance(self.instances[0], Scalarizer)
+
+
+def run_many(
+    methods: Sequence[tuple[str, Callable[[], Method]]],
+    steps: int,
+    lr: float,
+    starts: tuple[tuple[float, float], ...] = STARTS,
+    save_every: int = 1,
+    seed: int = 0,
+    progress: Callable[[str], None] | None = None,
+) -> list[ToyRun]:
+    """Adam on all ``starts`` of all ``methods`` at once, one method instance per start.
+
+    The rows of one ``[len(methods) * len(starts), 2]`` parameter are independent runs: one
+    forward pass and two backward passes give every row its ``[2, 2]`` Jacobian, one Adam
+    (elementwise) steps them all, and the statistics are computed on all rows together. Each
+    method keeps its own random stream (saved and restored around its calls), so that a method
+    follows the same trajectory whatever runs next to it.
+
+    An aggregator gets each start's Jacobian; a scalarizer's scalars are summed over its starts
+    (independent, so the gradient is each start's own) and back-propagated, its own parameters
+    (UW, IMTL-L) trained by the same Adam; FAMO is updated after each step with the new losses
+    and DWA's epoch ends every ``DWA_EPOCH`` steps. ``progress`` gets a line every 1,000 steps.
+    """
+    k = len(starts)
+    members = []
+    for index, (name, factory) in enumerate(methods):
+        torch.manual_seed(seed)
+        instances = [factory() for _ in starts]
+        rows = slice(index * k, (index + 1) * k)
+        members.append(_Member(name, instances, rows, torch.get_rng_state()))
+    x = torch.tensor(starts * len(methods), dtype=torch.float32, requires_grad=True)
+    extra = [p for member in members for method in member.instances for p in method.parameters()]
+    adam = torch.optim.Adam([x, *extra], lr=lr)
+    scalarizers = [member for member in members if member.scalarizing]
+    any_famo = any(isinstance(member.instances[0], FAMO) for member in members)
+    saved_x, saved_l = [x.detach().clone()], [losses(x.detach())]
+    n_rows = x.shape[0]
+    conflicting = torch.zeros(n_rows, dtype=torch.int64)
+    both_rose = torch.zeros(n_rows, dtype=torch.int64)
+    min_alignment = torch.full((n_rows,), math.inf)
     values = losses(x)
-    rows = [torch.autograd.grad(values[:, i].sum(), x, retain_graph=i == 0)[0] for i in range(2)]
-    return values.detach(), torch.stack(rows, dim=1)
+    previous: Tensor | None = None
+    start_time = time.perf_counter()
+    for step in range(steps):
+        jacobians = torch.stack(
+            [
+                torch.autograd.grad(
+                    values[:, i].sum(), x, retain_graph=i == 0 or bool(scalarizers)
+                )[0]
+                for i in range(2)
+            ],
+            dim=1,
+        )
+        detached = values.detach()
+        if previous is not None:
+            both_rose += (detached > previous).all(dim=1)
+        previous = detached
+        updates: list[Tensor] = [torch.empty(0)] * len(members)
+        if scalarizers:
+            adam.zero_grad()
+            scalars = []
+            for member in scalarizers:
+                started = time.perf_counter()
+                torch.set_rng_state(member.rng)
+                scalars += [
+                    s(values[member.rows.start + j]) for j, s in enumerate(member.instances)
+                ]
+                member.rng = torch.get_rng_state()
+                member.seconds += time.perf_counter() - started
+            torch.autograd.backward(torch.stack(scalars).sum())
+            assert x.grad is not None
+            for index, member in enumerate(members):
+                if member.scalarizing:
+                    updates[index] = x.grad[member.rows].clone()
+        for index, member in enumerate(members):
+            if member.scalarizing:
+                continue
+            started = time.perf_counter()
+            torch.set_rng_state(member.rng)
+            block = jacobians[member.rows]
+            own = detached[member.rows]
+            updates[index] = torch.stack(
+                [
+                    cast(Aggregator, a)(block[j], losses=own[j])
+                    for j, a in enumerate(member.instances)
+                ]
+            )
+            member.rng = torch.get_rng_state()
+            member.seconds += time.perf_counter() - started
+        update = torch.cat(updates)
+        products = torch.einsum("kij,kj->ki", jacobians, update)
+        norms = jacobians.norm(dim=2) * update.norm(dim=1, keepdim=True)
+        alignment = torch.where(norms > 0, products / norms.clamp(min=1e-30), 0.0)
+        # Near a Pareto-stationary point (opposite gradients) the update is float32 noise, of
+        # any direction: only updates of at least 1e-3 of the largest gradient are judged.
+        significant = update.norm(dim=1) >= 1e-3 * jacobians.norm(dim=2).amax(dim=1)
+        conflicting += (alignment < -CONFLICT_TOLERANCE).any(dim=1) & significant
+        alignment = torch.where(significant.unsqueeze(1), alignment, 0.0)
+        min_alignment = torch.minimum(min_alignment, alignment.amin(dim=1))
+        x.grad = update
+        adam.step()
+        values = losses(x)
+        if any_famo:
+            new = values.detach()
+            for member in members:
+                if isinstance(member.instances[0], FAMO):
+                    for j, method in enumerate(member.instances):
+                        assert isinstance(method, FAMO)
+                        method.update(new[member.rows.start + j])
+        if (step + 1) % DWA_EPOCH == 0:
+            for member in members:
+                for method in member.instances:
+                    if isinstance(method, DWA):
+                        method.step()
+        if (step + 1) % save_every == 0 or step + 1 == steps:
+            saved_x.append(x.detach().clone())
+            saved_l.append(values.detach().clone())
+        if progress is not None and (step + 1) % 1000 == 0:
+            seconds = time.perf_counter() - start_time
+            progress(f"{members[0].name}…: step {step + 1}/{steps} in {seconds:.0f} s")
+    elapsed = time.perf_counter() - start_time
+    trajectory, loss_trajectory = torch.stack(saved_x), torch.stack(saved_l)
+    return [
+        ToyRun(
+            member.name,
+            trajectory[:, member.rows],
+            loss_trajectory[:, member.rows],
+            member.seconds / (steps * k),
+            int(conflicting[member.rows].sum()),
+            int(both_rose[member.rows].sum()),
+            steps,
+            float(min_alignment[member.rows].min()),
+            elapsed / (steps * k * len(members)),
+        )
+        for member in members
+    ]
 
 
 def run_batched(
@@ -114,78 +265,8 @@ def run_batched(
     save_every: int = 1,
     seed: int = 0,
 ) -> ToyRun:
-    """Adam on all ``starts`` at once, one method instance per start.
-
-    An aggregator gets each start's Jacobian; a scalarizer's scalars are summed over the
-    starts (independent, so the gradient is each start's own) and back-propagated, its own
-    parameters (UW, IMTL-L) trained by the same Adam; FAMO is updated after each step with the
-    new losses and DWA's epoch ends every ``DWA_EPOCH`` steps.
-    """
-    torch.manual_seed(seed)
-    x = torch.tensor(starts, dtype=torch.float32, requires_grad=True)
-    aggregators = [factory() for _ in starts]
-    params = [x] + [p for method in aggregators for p in method.parameters()]
-    adam = torch.optim.Adam(params, lr=lr)
-    scalarizing = isinstance(aggregators[0], Scalarizer)
-    saved_x, saved_l = [x.detach().clone()], [losses(x.detach())]
-    conflicting = both_rose = 0
-    min_alignment = math.inf
-    previous: Tensor | None = None
-    start_time = time.perf_counter()
-    for step in range(steps):
-        values, jacobians = _jacobians(x)
-        if previous is not None:
-            both_rose += int((values > previous).all(dim=1).sum())
-        previous = values
-        if scalarizing:
-            adam.zero_grad()
-            live = losses(x)
-            torch.stack([s(live[k]) for k, s in enumerate(aggregators)]).sum().backward()
-            assert x.grad is not None
-            update = x.grad.clone()
-        else:
-            update = torch.stack(
-                [a(jacobians[k], losses=values[k]) for k, a in enumerate(aggregators)]
-            )
-        products = torch.einsum("kij,kj->ki", jacobians, update)
-        norms = jacobians.norm(dim=2) * update.norm(dim=1, keepdim=True)
-        alignment = torch.where(norms > 0, products / norms.clamp(min=1e-30), 0.0)
-        # Near a Pareto-stationary point (opposite gradients) the update is float32 noise, of
-        # any direction: only updates of at least 1e-3 of the largest gradient are judged.
-        significant = update.norm(dim=1) >= 1e-3 * jacobians.norm(dim=2).amax(dim=1)
-        conflicting += int(((alignment < -CONFLICT_TOLERANCE).any(dim=1) & significant).sum())
-        alignment = torch.where(significant.unsqueeze(1), alignment, 0.0)
-        min_alignment = min(min_alignment, float(alignment.min()))
-        x.grad = update
-        adam.step()
-        _after_step(aggregators, x, step)
-        if (step + 1) % save_every == 0 or step + 1 == steps:
-            saved_x.append(x.detach().clone())
-            saved_l.append(losses(x.detach()))
-    elapsed = time.perf_counter() - start_time
-    return ToyRun(
-        name,
-        torch.stack(saved_x),
-        torch.stack(saved_l),
-        elapsed / (steps * len(starts)),
-        conflicting,
-        both_rose,
-        steps,
-        min_alignment,
-    )
-
-
-def _after_step(methods: list[Method], x: Tensor, step: int) -> None:
-    if isinstance(methods[0], FAMO):
-        with torch.no_grad():
-            new = losses(x)
-        for k, method in enumerate(methods):
-            assert isinstance(method, FAMO)
-            method.update(new[k])
-    if isinstance(methods[0], DWA) and (step + 1) % DWA_EPOCH == 0:
-        for method in methods:
-            assert isinstance(method, DWA)
-            method.step()
+    """One method alone through :func:`run_many`."""
+    return run_many([(name, factory)], steps, lr, starts, save_every, seed)[0]
 
 
 def run_optimizer(
