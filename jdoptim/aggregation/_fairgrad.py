@@ -120,33 +120,62 @@ def _newton_root(matrix: np.ndarray, exponent: float, max_steps: int) -> np.ndar
     """The root ``v > 0`` of ``matrix @ v = v ** exponent`` by damped Newton steps, or None when
     they do not reach it to near machine precision (then the least-squares solver decides).
 
-    Where a root exists it is unique, so both find the same one. Newton starts from the root of
-    the diagonal part (exact when the objectives are orthogonal) and needs a few ``m × m`` solves,
-    each one LAPACK call: at m = 2 the whole root costs tens of microseconds, against ~4 ms for
-    scipy's least squares, so that the weighting stays small next to forming the Gramian.
+    The residual is the gradient of the strictly convex potential ``½ vᵀ K v − Σ φ(vᵢ)`` with
+    ``φ' = v ** exponent``, and its Jacobian that potential's (positive definite) Hessian, so
+    Newton steps descend it: a step that does not reduce the residual is halved until it
+    decreases the potential enough (Armijo), which reaches even roots far from the start (nearly
+    opposite gradients give huge weights). Where a root exists it is unique, so the least-squares
+    solver finds the same one. Newton starts from the root of the diagonal part (exact when the
+    objectives are orthogonal) and needs a few ``m × m`` solves, each one LAPACK call: at m = 2
+    the whole root costs tens of microseconds, against milliseconds for scipy's least squares.
     """
     lapack = _require_scipy_linalg_lapack()
     size = matrix.shape[0]
-    v: np.ndarray = np.power(np.diagonal(matrix), 1.0 / (exponent - 1.0))
     diagonal = np.arange(size)
-    for _ in range(min(max_steps, 100)):
+
+    def residual_at(v: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
         power = np.power(v, exponent)
         product = matrix @ v
         residual = product - power
-        scale = max(np.abs(product).tolist()) + max(power.tolist())
-        if max(np.abs(residual).tolist()) <= 1e-13 * scale:
+        # The size of the terms, not of their sum: K v cancels when the gradients nearly oppose.
+        scale = max((np.abs(matrix) @ v).tolist()) + max(power.tolist())
+        return residual, power, scale
+
+    def potential(v: np.ndarray) -> float:
+        quadratic = 0.5 * float(v @ (matrix @ v))
+        if exponent == -1.0:
+            return quadratic - float(np.log(v).sum())
+        return quadratic - float(np.power(v, 1.0 + exponent).sum()) / (1.0 + exponent)
+
+    v: np.ndarray = np.power(np.diagonal(matrix), 1.0 / (exponent - 1.0))
+    residual, power, scale = residual_at(v)
+    for _ in range(min(max_steps, 100)):
+        size_now = max(np.abs(residual).tolist())
+        if size_now <= 1e-13 * scale:
             return v
-        jacobian = matrix.copy()
-        jacobian[diagonal, diagonal] -= exponent * power / v
+        hessian = matrix.copy()
+        hessian[diagonal, diagonal] -= exponent * power / v
         step: np.ndarray
-        step, info = lapack.dgesv(jacobian, residual)[2:]
+        step, info = lapack.dgesv(hessian, residual)[2:]
         if info != 0:
             return None
         largest = float((step / v).max())
-        # Stay inside v > 0, where the system is defined: go at most half-way to the boundary.
-        v = v - (step if largest < 1.0 else (0.5 / largest) * step)
-        if not np.isfinite(v).all() or bool((v <= 0.0).any()):
-            return None
+        # Stay inside v > 0, where the potential is defined: at most 99 % of the way to 0.
+        t = 1.0 if largest < 1.0 else 0.99 / largest
+        slope = float(residual @ step)
+        while True:
+            candidate = v - t * step
+            if np.isfinite(candidate).all() and bool((candidate > 0.0).all()):
+                new_residual, new_power, new_scale = residual_at(candidate)
+                if (
+                    max(np.abs(new_residual).tolist()) < size_now
+                    or potential(candidate) <= potential(v) - 1e-4 * t * slope
+                ):
+                    break
+            t *= 0.5
+            if t < 1e-12:
+                return None
+        v, residual, power, scale = candidate, new_residual, new_power, new_scale
     return None
 
 

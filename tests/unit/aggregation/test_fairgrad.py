@@ -90,6 +90,32 @@ def test_without_a_root_the_weights_are_finite() -> None:
     assert torch.isfinite(FairGrad(1.0)(matrix)).all()
 
 
+@pytest.mark.parametrize("alpha", [0.5, 1.0, 2.0])
+@pytest.mark.parametrize("gap", [1e-3, 1e-5, 1e-7])
+def test_nearly_opposite_rows_find_their_far_root_without_least_squares(
+    alpha: float, gap: float, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Gradients at 1 - gap of being opposite: a root exists, with weights that grow like
+    # gap^(-α/(1+α)), far from the start; Newton's steps, damped on the convex potential whose
+    # gradient is the residual, must reach it (scipy's least squares is made to fail).
+    import scipy.optimize
+
+    def refuse(*args: object, **kwargs: object) -> None:
+        raise AssertionError("the least-squares fallback was used")
+
+    monkeypatch.setattr(scipy.optimize, "least_squares", refuse)
+    c = 1.0 - gap
+    gramian = torch.tensor([[2.0, -c], [-c, 0.5]], dtype=torch.float64)
+
+    weights = FairGradWeighting(alpha)(gramian)
+
+    target = weights ** (-1.0 / alpha)
+    residual = gramian @ weights - target
+    # K w cancels to about gap of its terms, so its rounding is ~1e-16 / gap of the target.
+    assert (residual.abs() <= 1e-13 / gap * target.abs()).all()
+    assert (weights > 0).all()
+
+
 def test_max_iters_bounds_the_solver() -> None:
     matrix = torch.randn(5, 8, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
     gramian = matrix @ matrix.T
