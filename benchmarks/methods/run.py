@@ -59,15 +59,6 @@ def _fmt(values: list[float]) -> str:
     return f"{100 * statistics.mean(values):.1f} ± {100 * statistics.stdev(values):.1f}"
 
 
-#: Methods left out of ``--paper``, with the reason (printed under its table).
-PAPER_SKIPPED = {
-    "FairGrad": "at Pareto-stationary points (the two gradients nearly opposite) its root "
-    "search has no root and falls back to scipy's least squares, 65–160 ms per call instead of "
-    "about 1 ms: 35,000 steps of five starts would take hours (in the short setting, where its "
-    "five starts reach the Pareto set, it averages 55 ms per call)",
-}
-
-
 def _print(line: str) -> None:
     print(line, flush=True)
 
@@ -101,8 +92,6 @@ def run_toy(
     front = toy.pareto_set(0.02 if quick else 0.01)
     table = methods(2)
     names = [n for n in table if not quick or n in QUICK_TOY]
-    skipped = {n: PAPER_SKIPPED[n] for n in names if paper and n in PAPER_SKIPPED}
-    names = [n for n in names if n not in skipped]
     factories = {name: functools.partial(table[name], 2) for name in names}
     started = time.perf_counter()
     if workers == 1:
@@ -164,14 +153,11 @@ def run_toy(
             f"{row['method_us_per_step']:.0f} | {row['optimizer_ms_per_step']:.2f} | "
             f"{row['difference_vs_optimizer']:.1e} |"
         )
-    for name, reason in skipped.items():
-        lines += ["", f"Not run in this setting: {name}: {reason}."]
     (out / f"{stem}.md").write_text("\n".join(lines) + "\n")
     return {
         "steps": steps,
         "lr": lr,
         "rows": rows,
-        "skipped": skipped,
         "seconds": time.perf_counter() - started,
     }
 
