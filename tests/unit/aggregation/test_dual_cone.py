@@ -275,16 +275,8 @@ def test_singular_gramians_are_solved_up_to_the_precision_of_their_dtype(
     assert (products >= -(2 * jitter + rounding) * scale).all()
 
 
-def test_auto_solver_uses_closed_forms_then_quadprog_for_small_cpu_problems_and_torch_otherwise(
-    monkeypatch,
-) -> None:
-    calls: list[str] = []
-    closed_form = solve_closed_form
-    monkeypatch.setattr(
-        _registry,
-        "solve_closed_form",
-        lambda g, u: calls.append("closed form") or closed_form(g, u),
-    )
+def _record_solver_calls(monkeypatch: pytest.MonkeyPatch, calls: list[str]) -> None:
+    """Replaces quadprog and the torch solver by stubs that record their name in ``calls``."""
     monkeypatch.setattr(
         _registry,
         "solve_with_quadprog",
@@ -295,6 +287,19 @@ def test_auto_solver_uses_closed_forms_then_quadprog_for_small_cpu_problems_and_
         "solve_dual_cone_torch",
         lambda g, u, **_: calls.append("torch") or torch.zeros_like(u),
     )
+
+
+def test_auto_solver_uses_closed_forms_then_quadprog_for_small_cpu_problems_and_torch_otherwise(
+    monkeypatch,
+) -> None:
+    calls: list[str] = []
+    closed_form = solve_closed_form
+    monkeypatch.setattr(
+        _registry,
+        "solve_closed_form",
+        lambda g, u: calls.append("closed form") or closed_form(g, u),
+    )
+    _record_solver_calls(monkeypatch, calls)
     for m in (1, 2, 3, _registry._AUTO_QUADPROG_MAX_M, _registry._AUTO_QUADPROG_MAX_M + 1):
         solve_dual_cone(
             torch.eye(m, dtype=torch.float64), torch.eye(m, dtype=torch.float64), "auto"
@@ -318,16 +323,7 @@ def test_auto_solver_sends_ill_conditioned_gramians_to_quadprog_up_to_its_limit(
     monkeypatch,
 ) -> None:
     calls: list[str] = []
-    monkeypatch.setattr(
-        _registry,
-        "solve_with_quadprog",
-        lambda g, u, **_: calls.append("quadprog") or torch.zeros_like(u),
-    )
-    monkeypatch.setattr(
-        _registry,
-        "solve_dual_cone_torch",
-        lambda g, u, **_: calls.append("torch") or torch.zeros_like(u),
-    )
+    _record_solver_calls(monkeypatch, calls)
 
     def gramian(m: int, n: int) -> Tensor:
         # UPGrad's regularised Gramian: rank-deficient Jacobians (n < m) give an ill-conditioned
