@@ -163,14 +163,15 @@ def _newton_root(matrix: np.ndarray, exponent: float, max_steps: int) -> np.ndar
         # Stay inside v > 0, where the potential is defined: at most 99 % of the way to 0.
         t = 1.0 if largest < 1.0 else 0.99 / largest
         slope = float(residual @ step)
+        current: float | None = None  # the potential at v, computed once if a step is refused
         while True:
             candidate = v - t * step
             if np.isfinite(candidate).all() and bool((candidate > 0.0).all()):
                 new_residual, new_power, new_scale = residual_at(candidate)
-                if (
-                    max(np.abs(new_residual).tolist()) < size_now
-                    or potential(candidate) <= potential(v) - 1e-4 * t * slope
-                ):
+                if max(np.abs(new_residual).tolist()) < size_now:
+                    break
+                current = potential(v) if current is None else current
+                if potential(candidate) <= current - 1e-4 * t * slope:
                     break
             t *= 0.5
             if t < 1e-12:
