@@ -231,6 +231,12 @@ def check_arguments(
     return aggregator
 
 
+# The arguments of `backward` that `step` passes on (`aggregate` gets its own message).
+_STEP_BACKWARD_ARGUMENTS = frozenset(
+    {"features", "grad_tensors", "retain_graph", "aggregate", "aggregate_at"}
+)
+
+
 def step_arguments(
     losses: Any, closure: Callable[[], Any] | None, backward_kwargs: dict[str, Any]
 ) -> tuple[Any, Callable[[], Any] | None]:
@@ -238,6 +244,13 @@ def step_arguments(
     closure, as in ``torch.optim`` (``LBFGS``'s idiom ``opt.step(closure)``)."""
     if callable(losses) and not isinstance(losses, Tensor) and closure is None:
         losses, closure = None, losses
+    unknown = sorted(set(backward_kwargs) - _STEP_BACKWARD_ARGUMENTS)
+    if unknown:
+        passed_on = ", ".join(sorted(_STEP_BACKWARD_ARGUMENTS - {"aggregate"}))
+        raise TypeError(
+            f"`step` got unexpected keyword arguments {unknown}: it takes `closure` and the "
+            f"arguments of `backward` that it passes on ({passed_on})."
+        )
     if "aggregate" in backward_kwargs:
         raise ValueError(
             "`aggregate` is not an argument of `step`: to accumulate Jacobians over "

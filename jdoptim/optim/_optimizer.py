@@ -309,13 +309,25 @@ class JacobianOptimizer(SharedAttributes, Optimizer):
         The weights are then in :attr:`last_weights`. Nothing is written if it raises; a
         non-finite Jacobian writes NaN gradients (a GradScaler then skips the step).
         """
+        with self._transaction():
+            self._backward(losses, features, grad_tensors, retain_graph, aggregate, aggregate_at)
+
+    def _backward(
+        self,
+        losses: Losses,
+        features: Tensor | Sequence[Tensor] | None = None,
+        grad_tensors: Tensor | Sequence[Tensor] | None = None,
+        retain_graph: bool = False,
+        aggregate: bool = True,
+        aggregate_at: str = "parameters",
+    ) -> None:
+        """:meth:`backward` inside the caller's transaction (:meth:`step` opens one for all)."""
         check_flags(retain_graph=retain_graph, aggregate=aggregate)
         at_features = check_aggregate_at(aggregate_at, features, aggregate, self._sync.active)
         if aggregate:
             check_nothing_pending(self._runtime.pending, "backward")
-        with self._transaction():
-            plan = self._plan(losses, features, grad_tensors, retain_graph, aggregate, at_features)
-            write(plan)
+        plan = self._plan(losses, features, grad_tensors, retain_graph, aggregate, at_features)
+        write(plan)
         self._runtime.record(plan)
 
     def aggregate(self) -> None:
@@ -479,9 +491,8 @@ class JacobianOptimizer(SharedAttributes, Optimizer):
 
     def _backward_and_check(self, losses: Any, backward_kwargs: dict[str, Any]) -> None:
         """:meth:`backward`, then refuses non-finite gradients (the caller's transaction undoes
-        the backward). When every ``.grad`` was None before and the backward knows that what it
-        wrote is finite (it saw finite Gramians and weights), no pass over the gradients is
-        needed."""
+        both). When every ``.grad`` was None before and the backward knows that what it wrote
+        is finite (it saw finite Gramians and weights), no pass over the gradients is needed."""
         fresh = all(p.grad is None for group in self.param_groups for p in group["params"])
-        self.backward(losses, **backward_kwargs)
+        self._backward(losses, **backward_kwargs)
         check_finite_grads(self.param_groups, fresh and self._runtime.wrote_finite)

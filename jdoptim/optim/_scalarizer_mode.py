@@ -10,7 +10,6 @@ drifts apart), and the weighted gradients are averaged in one flat all-reduce.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -64,14 +63,18 @@ def plan_scalarized(
     groups, sync = context.groups, context.sync
     values = stack_losses(losses)
     _check_device(scalarizer, values.device)
-    leaf = values.detach()
-    if sync.active:
-        leaf = leaf.clone()
-        sync.all_reduce(leaf)
-    leaf.requires_grad_(True)
     params = [p for group in groups for p in group]
     if not params:
         raise ValueError(NO_PARAMETER)
+    if not sync.active:
+        return _plan_one_backward(scalarizer, values, params, len(groups), retain_graph)
+    # With a process group, the scalarizer sees the mean of the ranks' losses (a detached leaf
+    # `L̄`); its gradient `w = ∂s/∂L̄` weights this rank's losses, and the gradients are averaged
+    # here (DDP's reducer is bypassed): every parameter gets a place in the buffer (zero where
+    # unused), so that all ranks share its layout: one collective for the whole model.
+    leaf = values.detach().clone()
+    sync.all_reduce(leaf)
+    leaf.requires_grad_(True)
     owned = {id(p) for p in params}
     learned = [p for p in learned_parameters(scalarizer) if id(p) in owned]
     with torch.enable_grad(), sync.same_randomness(values.device):
@@ -79,21 +82,6 @@ def plan_scalarized(
     _check_value(value, scalarizer)
     weights, *learned_grads = torch.autograd.grad(value, [leaf, *learned], allow_unused=True)
     weights = torch.zeros_like(leaf) if weights is None else weights.detach()
-    learned_pairs = [(p, g) for p, g in zip(learned, learned_grads, strict=True) if g is not None]
-    plan = Plan(
-        grads=learned_pairs,
-        weights=tuple(weights for _ in groups),
-        gramians=tuple(None for _ in groups),
-        value=value.detach(),
-    )
-    if not sync.active:
-        # One ordinary backward pass, so that the hooks of a DistributedDataParallel wrapper
-        # (without `process_group`) average the gradients as they do for `loss.backward()`.
-        plan.backward = _weighted_backward(values, weights, params, retain_graph)
-        return plan
-    # With a process group, DDP's reducer is bypassed (`torch.autograd.grad`) and the gradients
-    # are averaged here. Every parameter gets a place in the buffer (zero where unused), so that
-    # all ranks share its layout: one collective for the whole model.
     grads = torch.autograd.grad(
         values, params, grad_outputs=weights, retain_graph=retain_graph, allow_unused=True
     )
@@ -104,37 +92,66 @@ def plan_scalarized(
         ]
     )
     sync.all_reduce(buffer)
-    plan.grads = [*zip(params, split_update(buffer, params), strict=True), *learned_pairs]
+    learned_pairs = [(p, g) for p, g in zip(learned, learned_grads, strict=True) if g is not None]
+    return Plan(
+        grads=[*zip(params, split_update(buffer, params), strict=True), *learned_pairs],
+        weights=tuple(weights for _ in groups),
+        gramians=tuple(None for _ in groups),
+        value=value.detach(),
+    )
+
+
+def _plan_one_backward(
+    scalarizer: Scalarizer, values: Tensor, params: list[Tensor], n_groups: int, retain_graph: bool
+) -> Plan:
+    """``s = scalarizer(losses)`` and its one ordinary backward pass, run by the plan.
+
+    One pass of the autograd engine through the scalarizer and the model, as ``s.backward()``
+    (so that the hooks of a DistributedDataParallel wrapper average the gradients as they do for
+    ``loss.backward()``); the weights ``w = ∂s/∂L`` are read on the way by a hook on the losses.
+    """
+    with torch.enable_grad():
+        value = scalarizer(values)
+    _check_value(value, scalarizer)
+    learned = {id(p) for p in learned_parameters(scalarizer)}
+    model_params = [p for p in params if id(p) not in learned]
+    gradients: list[Tensor] = []  # what the hook saw, `∂s/∂L` (none if s ignores the losses)
+
+    def backward() -> None:
+        handle = values.register_hook(gradients.append)  # type: ignore[no-untyped-call]
+        try:
+            _backward_out_of_place(value, params, model_params, retain_graph)
+        finally:
+            handle.remove()
+        weights = gradients[0].detach() if gradients else torch.zeros_like(values.detach())
+        plan.weights = tuple(weights for _ in range(n_groups))
+
+    plan = Plan(gramians=tuple(None for _ in range(n_groups)), value=value.detach())
+    plan.backward = backward
     return plan
 
 
-def _weighted_backward(
-    values: Tensor, weights: Tensor, params: list[Tensor], retain_graph: bool
-) -> Callable[[], None]:
-    """``values.backward(weights)`` into the ``.grad`` of ``params``, accumulated out of place
-    (the previous ``.grad`` tensors stay intact for the caller's transaction). Raises when the
-    losses depend on none of ``params``, without a walk of the graph: none of them got a
-    gradient."""
-
-    def backward() -> None:
-        previous = [(p, p.grad) for p in params if p.grad is not None]
-        for param, _ in previous:
+def _backward_out_of_place(
+    value: Tensor, params: list[Tensor], model_params: list[Tensor], retain_graph: bool
+) -> None:
+    """``value.backward()`` into the ``.grad`` of ``params``, accumulated out of place (the
+    previous ``.grad`` tensors stay intact for the caller's transaction). Raises when the losses
+    depend on none of ``model_params`` (the parameters other than the scalarizer's), without a
+    walk of the graph: none of them got a gradient."""
+    previous = [(p, p.grad) for p in params if p.grad is not None]
+    for param, _ in previous:
+        param.grad = None
+    try:
+        torch.autograd.backward(value, retain_graph=retain_graph, inputs=params)
+        if all(p.grad is None for p in model_params):
+            raise ValueError(NO_PARAMETER)
+    except BaseException:
+        for param in params:
             param.grad = None
-        try:
-            torch.autograd.backward(
-                values, grad_tensors=weights, retain_graph=retain_graph, inputs=params
-            )
-            if all(p.grad is None for p in params):
-                raise ValueError(NO_PARAMETER)
-        except BaseException:
-            for param in params:
-                param.grad = None
-            raise
-        finally:
-            for param, grad in previous:
-                param.grad = grad if param.grad is None else grad + param.grad
-
-    return backward
+        raise
+    finally:
+        for param, grad in previous:
+            param.grad = grad if param.grad is None else grad + param.grad
 
 
 def _check_device(scalarizer: nn.Module, device: torch.device) -> None:

@@ -92,6 +92,14 @@ def test_losses_of_the_wrong_type() -> None:
     check_refused(model, opt, lambda: opt.step([1.0, 2.0]), TypeError, "`losses`")
 
 
+def test_step_with_an_unknown_keyword_argument() -> None:
+    model, opt = trained()
+    message = r"`step` got unexpected keyword arguments \['gradtensors'\].*grad_tensors"
+    check_refused(
+        model, opt, lambda: opt.step(task_losses(model), gradtensors=None), TypeError, message
+    )
+
+
 def test_losses_that_depend_on_no_parameter_of_the_optimizer() -> None:
     model, opt = trained()
     other = nn.Parameter(torch.ones(2))

@@ -164,6 +164,40 @@ def test_last_weights_are_the_weights_used() -> None:
     assert opt.diagnostics() == (None, None)
 
 
+def test_weights_are_read_without_leaving_a_hook_on_the_losses() -> None:
+    weight = nn.Parameter(torch.tensor([1.0, 2.0]))
+    opt = JacobianOptimizer(torch.optim.SGD([weight], lr=0.1), scalarizer=Mean())
+    losses = torch.stack([weight[0] ** 2, 3 * weight[1]])
+    opt.backward(losses, retain_graph=True)
+    assert not losses._backward_hooks  # the hook that read ∂s/∂L is gone
+    losses.backward(torch.tensor([1.0, 1.0]))  # a later backward of the user's own
+    assert weight.grad is not None
+    assert weight.grad.tolist() == [3.0, 4.5]  # [1, 1.5] from the step, [2, 3] added
+    assert opt.last_weights[0] is not None
+    assert opt.last_weights[0].tolist() == [0.5, 0.5]
+
+
+class _OnlyItsParameter(Scalarizer):
+    """A scalarizer whose value does not depend on the losses."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.scale = nn.Parameter(torch.tensor(2.0))
+
+    def forward(self, values: Tensor, /) -> Tensor:
+        return self.scale**2 + 0 * values.detach().sum()
+
+
+def test_a_scalarizer_that_ignores_the_losses_is_refused_and_changes_nothing() -> None:
+    weight = nn.Parameter(torch.tensor([1.0, 2.0]))
+    scalarizer = _OnlyItsParameter()
+    opt = JacobianOptimizer(torch.optim.SGD([weight], lr=0.1), scalarizer=scalarizer)
+    with pytest.raises(ValueError, match="`losses`"):  # no parameter of the model is reached
+        opt.step(torch.stack([weight[0] ** 2, 3 * weight[1]]))
+    assert weight.grad is None and scalarizer.scale.grad is None
+    assert scalarizer.scale.item() == 2.0
+
+
 def test_famo_weights_are_a_convex_combination() -> None:
     model = make_model()
     opt = JacobianOptimizer(torch.optim.SGD(model.parameters(), lr=0.1), scalarizer=FAMO(3))
