@@ -22,18 +22,23 @@ rows than columns, with a small ``reg_eps``) exactly. Measured on UPGrad's Grami
 ``[m, m/2]`` Jacobians: 48 steps find the exact free sets of 96 to 100 % of the problems at
 m = 128 … 512, where 256 accelerated projected-gradient steps found 45 to 90 %.
 
-The extreme eigenvalues are estimated by repeated squaring of ``G`` and of its inverse (as
-``2^k`` power iterations would, in ``k`` products); a rough estimate only moves ``ρ`` (a factor
-of two changes the number of steps by about a third).
+The extreme eigenvalues come from LAPACK's symmetric eigenvalue routine, in double precision
+up to ``m = 128`` and in single precision beyond (faster than a power iteration on ``G`` and on
+its inverse at every size, measured on a 2-core CPU: 0.08 against 0.57 ms at m = 32, 15 against
+28 ms at m = 512); single precision only blurs a smallest eigenvalue below about ``10⁻⁷ λ_max``,
+and a rough value only moves ``ρ`` (a factor of two changes the number of steps by about a
+third).
 """
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor
 
-#: Squarings of G and of its inverse estimating their largest eigenvalues (16 power iterations).
-_SQUARINGS = 4
+#: Largest m whose eigenvalues are computed in double precision (single precision beyond).
+_DOUBLE_EIGENVALUES_MAX_M = 128
 #: Over-relaxation of the ADMM steps (1.5 to 1.8 is the usual range; 1.6 halved the steps to an
 #: exact guess on ill-conditioned Gramians against no relaxation).
 _RELAXATION = 1.6
@@ -43,20 +48,16 @@ _MAX_STEPS = 128
 _PATTERN_CHECK_EVERY = 4
 
 
-def guess_by_admm(g: Tensor, u: Tensor, inverse: Tensor) -> Tensor:
+def guess_by_admm(g: Tensor, u: Tensor) -> Tensor:
     """A guess of the solutions of ``min vᵀGv s.t. v ≥ u`` for each row of ``u``, whose pattern
     ``v > u`` is the guessed free set (``v = u`` elsewhere, exactly).
 
-    ``g``: ``[m, m]`` float64, positive definite with a unit-order diagonal; ``inverse``: its
-    inverse (possibly inaccurate: only an eigenvalue is read from it).
+    ``g``: ``[m, m]`` float64, positive definite with a unit-order diagonal.
     """
     m = u.shape[1]
-    largest = _largest_eigenvalue(g)
-    largest_inverse = _largest_eigenvalue(inverse)
-    if not (largest > 0.0 and largest_inverse > 0.0):
+    rho = admm_penalty(g)
+    if rho is None:
         return u  # not positive definite (or not finite): no guess, the pivoting decides
-    # √(λ_min λ_max), within [λ_max 10⁻¹², λ_max]: the estimate of λ_min is only an upper bound.
-    rho = largest * min(max((1.0 / (largest_inverse * largest)) ** 0.5, 1e-12), 1.0)
     identity = torch.eye(m, device=g.device, dtype=g.dtype)
     factor, info = torch.linalg.cholesky_ex(g + rho * identity)
     if int(info) != 0:
@@ -80,14 +81,18 @@ def guess_by_admm(g: Tensor, u: Tensor, inverse: Tensor) -> Tensor:
     return torch.where(torch.isfinite(z) & (z > bounds), z.to(u.dtype), u)
 
 
-def _largest_eigenvalue(matrix: Tensor) -> float:
-    """The Rayleigh quotient of ``A^(2^k) x``: a lower estimate of the largest eigenvalue of the
-    positive semi-definite ``A`` (``k = _SQUARINGS``), each power rescaled to stay in range."""
-    power = matrix.float()
-    for _ in range(_SQUARINGS):
-        power = power @ power
-        power = power / power.abs().amax().clamp(min=1e-30)
-    m = matrix.shape[0]
-    vector = power @ torch.linspace(1.0, 2.0, m, device=matrix.device, dtype=power.dtype)
-    vector = (vector / vector.norm().clamp(min=1e-30)).to(matrix.dtype)
-    return float(vector @ matrix @ vector)
+def admm_penalty(g: Tensor) -> float | None:
+    """``ρ = √(λ_min λ_max)`` of ``g``, ``λ_min`` taken at least ``10⁻²⁴ λ_max`` in double
+    precision and ``ε λ_max`` in single precision (below that, it is rounding noise), so that
+    ``ρ`` lies in ``[10⁻¹² λ_max, λ_max]``; ``None`` when ``g`` is not positive definite (or not
+    finite)."""
+    double = g.shape[0] <= _DOUBLE_EIGENVALUES_MAX_M
+    try:
+        eigenvalues = torch.linalg.eigvalsh(g if double else g.float())
+    except RuntimeError:  # LAPACK did not converge (non-finite entries)
+        return None
+    smallest, largest = float(eigenvalues[0]), float(eigenvalues[-1])
+    if not (largest > 0.0 and math.isfinite(smallest)):
+        return None
+    floor = 1e-24 if double else torch.finfo(torch.float32).eps
+    return largest * min(max(smallest / largest, floor), 1.0) ** 0.5

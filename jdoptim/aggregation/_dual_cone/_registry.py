@@ -139,4 +139,9 @@ def solve_dual_cone(gramian: Tensor, lower_bounds: Tensor, solver: str = DEFAULT
             f"`lower_bounds` must have shape [k, m] with m = {gramian.shape[0]}, but got shape "
             f"{list(lower_bounds.shape)}."
         )
-    return _SOLVERS[solver](gramian, lower_bounds)
+    # The solvers run many small operations, which skip autograd's bookkeeping in inference mode
+    # (about 8 % of a solve at m = 32 to 128 on the CPU); none of them is differentiable. The
+    # copy gives back a normal tensor, usable anywhere, e.g. saved by autograd later.
+    with torch.inference_mode():
+        solutions = _SOLVERS[solver](gramian, lower_bounds)
+    return solutions.clone()

@@ -84,8 +84,8 @@ class CompactSolver:
     once, and each problem factorises the smaller of ``G_FF`` and ``K_AA`` (at most ``m / 2``).
     ``K`` is used to solve only when ``‖K G − I‖`` shows it accurate (not on a nearly singular
     ``G``), and a step of iterative refinement with the exact ``G`` follows where the estimated
-    error of the solve through ``K`` could show. An inaccurate ``K`` (``G`` positive definite but
-    nearly singular) still guides the first guess of the free sets (``has_guide``).
+    error of the solve through ``K`` could show. A ``G`` positive definite but nearly singular
+    (an inaccurate ``K``) still gets the first guess of the free sets (``has_guide``).
 
     Blocks are read from ``diag(G, I)`` or ``diag(K, I)`` so that padding costs no extra pass: a
     padding slot ``p`` reads index ``m + p`` (a one on the diagonal). Those matrices live in this
@@ -109,7 +109,7 @@ class CompactSolver:
         identity = torch.eye(m, device=gramian.device, dtype=gramian.dtype)
         factor, info = torch.linalg.cholesky_ex(gramian)
         self.has_inverse = bool(info == 0)
-        # An inverse, even inaccurate (a nearly singular G), still guides the first guess.
+        # A factorisable G, even nearly singular (an inaccurate inverse), gets the first guess.
         self.has_guide = self.has_inverse
         self.refine = True
         inverse = identity  # a placeholder where G is not positive definite

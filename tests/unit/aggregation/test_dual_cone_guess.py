@@ -56,7 +56,7 @@ def test_guess_is_feasible_and_exact_on_its_active_indices(
     g = jittered(problem.gramian, problem.first_jitter)
     u = problem.lower_bounds
 
-    guess = _guess.guess_by_admm(g, u, torch.cholesky_inverse(torch.linalg.cholesky(g)))
+    guess = _guess.guess_by_admm(g, u)
 
     assert guess.shape == u.shape and guess.dtype == torch.float64
     assert torch.isfinite(guess).all()
@@ -77,7 +77,7 @@ def test_guess_finds_the_exact_free_sets_of_most_problems(m: int, n: int) -> Non
     # quadprog elsewhere): its active coordinates are u bit for bit.
     exact_free = solve_dual_cone(g, u, "torch") > u
 
-    guess = _guess.guess_by_admm(g, u, torch.cholesky_inverse(torch.linalg.cholesky(g)))
+    guess = _guess.guess_by_admm(g, u)
 
     mismatches = ((guess > u) != exact_free).sum(dim=1)
     assert (mismatches == 0).float().mean() >= 0.9
@@ -88,18 +88,40 @@ def test_guess_of_a_matrix_that_is_not_positive_definite_is_the_bounds() -> None
     u = torch.eye(3, dtype=torch.float64)
     negative = -torch.eye(3, dtype=torch.float64)
 
-    assert torch.equal(_guess.guess_by_admm(negative, u, negative), u)
+    assert torch.equal(_guess.guess_by_admm(negative, u), u)
     nan = torch.full((3, 3), torch.nan, dtype=torch.float64)
-    assert torch.equal(_guess.guess_by_admm(nan, u, nan), u)
+    assert torch.equal(_guess.guess_by_admm(nan, u), u)
 
 
-def test_largest_eigenvalue_is_a_close_lower_estimate() -> None:
+@pytest.mark.parametrize("m", [50, 200])  # double, then single precision eigenvalues
+@pytest.mark.parametrize(
+    ("smallest", "expected"),
+    [
+        (0.01, 2.0 * (0.01 / 2.0) ** 0.5),  # √(λ_min λ_max)
+        (1e-30, None),  # λ_min below the floor of the precision: the floor instead
+    ],
+)
+def test_admm_penalty_is_the_geometric_mean_of_the_extreme_eigenvalues(
+    m: int, smallest: float, expected: float | None
+) -> None:
     generator = torch.Generator().manual_seed(0)
-    basis, _ = torch.linalg.qr(torch.randn(50, 50, generator=generator, dtype=torch.float64))
-    eigenvalues = torch.linspace(0.01, 1.0, 50, dtype=torch.float64)
-    eigenvalues[-1] = 2.0  # a gap: 16 power iterations converge to 1e-4
+    basis, _ = torch.linalg.qr(torch.randn(m, m, generator=generator, dtype=torch.float64))
+    eigenvalues = torch.linspace(smallest, 1.0, m, dtype=torch.float64)
+    eigenvalues[-1] = 2.0
     matrix = basis @ torch.diag(eigenvalues) @ basis.T
 
-    estimate = _guess._largest_eigenvalue(matrix)
+    rho = _guess.admm_penalty(matrix)
 
-    assert 2.0 * (1.0 - 1e-4) <= estimate <= 2.0 * (1.0 + 1e-6)
+    assert rho is not None
+    if expected is not None:
+        assert rho == pytest.approx(expected, rel=1e-4)
+    else:
+        floor = 1e-24 if m <= 128 else torch.finfo(torch.float32).eps
+        # The computed λ_min is rounding noise (below 1e-15 λ_max in double, 1e-6 in single).
+        noise = 1e-15 if m <= 128 else 1e-6
+        assert 2.0 * floor**0.5 * (1 - 1e-5) <= rho <= 2.0 * noise**0.5
+
+
+def test_admm_penalty_of_a_matrix_that_is_not_positive_definite_is_none() -> None:
+    assert _guess.admm_penalty(-torch.eye(3, dtype=torch.float64)) is None
+    assert _guess.admm_penalty(torch.full((3, 3), torch.nan, dtype=torch.float64)) is None
