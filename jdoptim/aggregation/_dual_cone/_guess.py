@@ -95,4 +95,4 @@ def admm_penalty(g: Tensor) -> float | None:
     if not (largest > 0.0 and math.isfinite(smallest)):
         return None
     floor = 1e-24 if double else torch.finfo(torch.float32).eps
-    return largest * min(max(smallest / largest, floor), 1.0) ** 0.5
+    return largest * math.sqrt(min(max(smallest / largest, floor), 1.0))
