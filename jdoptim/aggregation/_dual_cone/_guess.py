@@ -43,9 +43,18 @@ _DOUBLE_EIGENVALUES_MAX_M = 128
 #: exact guess on ill-conditioned Gramians against no relaxation).
 _RELAXATION = 1.6
 #: Most ADMM steps; the guess stops earlier once its free sets have not changed over the last
-#: _PATTERN_CHECK_EVERY steps (one synchronisation per check).
+#: _PATTERN_CHECK_EVERY steps (one synchronisation per check) or, above _SETTLE_EARLY_ABOVE_M
+#: objectives, once those of at most _SETTLED_FRACTION of the problems did: the last steps
+#: before every pattern settles fix a handful of problems at the cost of a ``[k, m] × [m, m]``
+#: product each, where the pivoting fixes them at the cost of their own systems. Measured
+#: (2 threads, UPGradWeighting, interleaved): 0.88 to 0.95 × the time at m = 512 and 0.96 at
+#: m = 1024 (at m = 512 the guess stops after 24 and 48 steps instead of 32 and 64, 99.4 and
+#: 96.7 % of its free sets exact), no gain up to m = 256, where a pivoting step costs more
+#: relative to a product.
 _MAX_STEPS = 128
 _PATTERN_CHECK_EVERY = 4
+_SETTLE_EARLY_ABOVE_M = 256
+_SETTLED_FRACTION = 0.03
 
 
 def guess_by_admm(g: Tensor, u: Tensor) -> Tensor:
@@ -64,6 +73,7 @@ def guess_by_admm(g: Tensor, u: Tensor) -> Tensor:
         return u
     resolvent = (rho * torch.cholesky_inverse(factor)).float()  # ρ (G + ρI)⁻¹, symmetric
     bounds = u.float()
+    settled = int(_SETTLED_FRACTION * u.shape[0]) if m > _SETTLE_EARLY_ABOVE_M else 0
     z = bounds.clone()
     y = torch.zeros_like(bounds)
     free = z > bounds
@@ -75,7 +85,7 @@ def guess_by_admm(g: Tensor, u: Tensor) -> Tensor:
         y = shifted.sub_(z)
         if step % _PATTERN_CHECK_EVERY == 0:
             next_free = z > bounds
-            if bool((next_free == free).all()):
+            if int((next_free != free).any(dim=1).sum()) <= settled:
                 break
             free = next_free
     return torch.where(torch.isfinite(z) & (z > bounds), z.to(u.dtype), u)

@@ -65,7 +65,7 @@ def test_guess_is_feasible_and_exact_on_its_active_indices(
     assert torch.equal(guess[guess <= u], u[guess <= u])
 
 
-@pytest.mark.parametrize(("m", "n"), [(64, 32), (128, 64), (128, 1000), (256, 128)])
+@pytest.mark.parametrize(("m", "n"), [(64, 32), (128, 64), (128, 1000), (256, 128), (320, 160)])
 def test_guess_finds_the_exact_free_sets_of_most_problems(m: int, n: int) -> None:
     # Rank-deficient (n < m, condition numbers near 1e3 with reg_eps = 1e-4) and full-rank
     # Jacobians alike: the pivoting then has one problem in ten or fewer left to correct.
@@ -125,3 +125,28 @@ def test_admm_penalty_is_the_geometric_mean_of_the_extreme_eigenvalues(
 def test_admm_penalty_of_a_matrix_that_is_not_positive_definite_is_none() -> None:
     assert _guess.admm_penalty(-torch.eye(3, dtype=torch.float64)) is None
     assert _guess.admm_penalty(torch.full((3, 3), torch.nan, dtype=torch.float64)) is None
+
+
+def test_above_256_objectives_the_guess_stops_once_nearly_every_pattern_settled(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    generator = torch.Generator().manual_seed(0)
+    problem = _upgrad_problem(torch.randn(320, 160, generator=generator, dtype=torch.float64), 1e-4)
+    assert isinstance(problem, Problem)
+    g, u = problem.gramian, problem.lower_bounds
+    products = []
+    product = torch.mm
+
+    def counted(*args: Tensor) -> Tensor:
+        products.append(1)
+        return product(*args)
+
+    monkeypatch.setattr(_guess.torch, "mm", counted)
+    early = _guess.guess_by_admm(g, u)
+    early_steps = len(products)
+    products.clear()
+    monkeypatch.setattr(_guess, "_SETTLE_EARLY_ABOVE_M", 320)
+    settled = _guess.guess_by_admm(g, u)
+    assert early_steps < len(products)
+    early_rows = ((early > u) != (settled > u)).any(dim=1).float().mean()
+    assert early_rows <= 0.1  # the patterns it leaves to the pivoting
