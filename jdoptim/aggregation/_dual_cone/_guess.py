@@ -34,7 +34,9 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
+from numpy.typing import NDArray
 from torch import Tensor
 
 #: Largest m whose eigenvalues are computed in double precision (single precision beyond).
@@ -55,6 +57,11 @@ _MAX_STEPS = 128
 _PATTERN_CHECK_EVERY = 4
 _SETTLE_EARLY_ABOVE_M = 256
 _SETTLED_FRACTION = 0.03
+#: Up to this many objectives on the CPU, the steps run on numpy arrays: each small operation
+#: costs a few microseconds less than torch's, and the products of ``[m, m]`` blocks no more
+#: (measured, 2 threads, per step: 9 against 16 µs at m = 32, 61 against 163 µs at m = 128;
+#: equal from m = 256 on).
+_NUMPY_MAX_M = 128
 
 
 def guess_by_admm(g: Tensor, u: Tensor) -> Tensor:
@@ -74,6 +81,15 @@ def guess_by_admm(g: Tensor, u: Tensor) -> Tensor:
     resolvent = (rho * torch.cholesky_inverse(factor)).float()  # ρ (G + ρI)⁻¹, symmetric
     bounds = u.float()
     settled = int(_SETTLED_FRACTION * u.shape[0]) if m > _SETTLE_EARLY_ABOVE_M else 0
+    if g.device.type == "cpu" and m <= _NUMPY_MAX_M:
+        z = torch.from_numpy(_admm_numpy(resolvent.detach().numpy(), bounds.numpy(), settled))
+    else:
+        z = _admm_torch(resolvent, bounds, settled)
+    return torch.where(torch.isfinite(z) & (z > bounds), z.to(u.dtype), u)
+
+
+def _admm_torch(resolvent: Tensor, bounds: Tensor, settled: int) -> Tensor:
+    """The ADMM steps from ``z = u``, ``y = 0`` until the patterns ``z > u`` settle."""
     z = bounds.clone()
     y = torch.zeros_like(bounds)
     free = z > bounds
@@ -88,7 +104,28 @@ def guess_by_admm(g: Tensor, u: Tensor) -> Tensor:
             if int((next_free != free).any(dim=1).sum()) <= settled:
                 break
             free = next_free
-    return torch.where(torch.isfinite(z) & (z > bounds), z.to(u.dtype), u)
+    return z
+
+
+def _admm_numpy(
+    resolvent: NDArray[np.float32], bounds: NDArray[np.float32], settled: int
+) -> NDArray[np.float32]:
+    """:func:`_admm_torch` with numpy arrays: the same steps, at a fraction of the cost of each
+    small operation."""
+    z: NDArray[np.float32] = bounds.copy()
+    y = np.zeros_like(bounds)
+    free = z > bounds
+    for step in range(1, _MAX_STEPS + 1):
+        w = (z - y) @ resolvent
+        shifted = z + np.float32(_RELAXATION) * (w - z) + y
+        z = np.maximum(shifted, bounds)
+        y = shifted - z
+        if step % _PATTERN_CHECK_EVERY == 0:
+            next_free = z > bounds
+            if int((next_free != free).any(axis=1).sum()) <= settled:
+                break
+            free = next_free
+    return z
 
 
 def admm_penalty(g: Tensor) -> float | None:

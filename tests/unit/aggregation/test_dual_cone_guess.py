@@ -150,3 +150,23 @@ def test_above_256_objectives_the_guess_stops_once_nearly_every_pattern_settled(
     assert early_steps < len(products)
     early_rows = ((early > u) != (settled > u)).any(dim=1).float().mean()
     assert early_rows <= 0.1  # the patterns it leaves to the pivoting
+
+
+@pytest.mark.parametrize(("m", "n"), [(40, 20), (96, 1000)])
+def test_the_numpy_steps_are_the_torch_steps(m: int, n: int) -> None:
+    generator = torch.Generator().manual_seed(m)
+    problem = _upgrad_problem(torch.randn(m, n, generator=generator, dtype=torch.float64), 1e-4)
+    assert isinstance(problem, Problem)
+    g, u = problem.gramian, problem.lower_bounds
+    rho = _guess.admm_penalty(g)
+    assert rho is not None
+    identity = torch.eye(m, dtype=torch.float64)
+    resolvent = (rho * torch.linalg.inv(g + rho * identity)).float()
+    bounds = u.float()
+
+    with_torch = _guess._admm_torch(resolvent, bounds, 0)
+    with_numpy = torch.from_numpy(_guess._admm_numpy(resolvent.numpy(), bounds.numpy(), 0))
+
+    # The same float32 steps; only the order of the sums in the products may differ.
+    assert ((with_torch > bounds) != (with_numpy > bounds)).float().mean() <= 0.01
+    torch.testing.assert_close(with_numpy, with_torch, rtol=1e-3, atol=1e-5)
