@@ -115,16 +115,18 @@ def _admm_numpy(
     z: NDArray[np.float32] = bounds.copy()
     y = np.zeros_like(bounds)
     free = z > bounds
-    for step in range(1, _MAX_STEPS + 1):
-        w = (z - y) @ resolvent
-        shifted = z + np.float32(_RELAXATION) * (w - z) + y
-        z = np.maximum(shifted, bounds)
-        y = shifted - z
-        if step % _PATTERN_CHECK_EVERY == 0:
-            next_free = z > bounds
-            if int((next_free != free).any(axis=1).sum()) <= settled:
-                break
-            free = next_free
+    # As in torch, overflows run silently: a non-finite iterate gives no guess for its problem.
+    with np.errstate(all="ignore"):
+        for step in range(1, _MAX_STEPS + 1):
+            w = (z - y) @ resolvent
+            shifted = z + np.float32(_RELAXATION) * (w - z) + y
+            z = np.maximum(shifted, bounds)
+            y = shifted - z
+            if step % _PATTERN_CHECK_EVERY == 0:
+                next_free = z > bounds
+                if int((next_free != free).any(axis=1).sum()) <= settled:
+                    break
+                free = next_free
     return z
 
 
