@@ -43,10 +43,11 @@ _AUTO_SINGULAR_QUADPROG_MAX_M = 128
 
 # On the CPU, quadprog also beats the torch solver up to about this many objectives when G is
 # positive definite but ill-conditioned (rank-deficient Jacobians with reg_eps > 0), where the
-# torch solver's guess of the free sets converges slowly and more pivoting steps follow (one
-# thread, interleaved, UPGradWeighting on the Gramians of random [m, m/2] Jacobians: torch
-# 2.3 to 4.9 times quadprog's time at m = 32, 2.6 times at m = 40, 0.9 times at m = 48).
-_AUTO_ILL_CONDITIONED_QUADPROG_MAX_M = 40
+# torch solver's guess of the free sets converges slowly and more pivoting steps follow
+# (interleaved, UPGradWeighting on the Gramians of random [m, m/2] Jacobians, one and two
+# threads alike, after the torch solver's speed-ups of 2026-12-02: torch 3.1 times quadprog's
+# time at m = 16, 1.5 at m = 24, 1.0 at m = 32, 0.6 at m = 40, 0.5 at m = 48).
+_AUTO_ILL_CONDITIONED_QUADPROG_MAX_M = 32
 # G (rescaled to a unit diagonal) counts as ill-conditioned when the smallest pivot of its
 # Cholesky factorisation is below this: its smallest eigenvalue is then below it too. The
 # Gramians of rank-deficient Jacobians with reg_eps = 1e-4 have pivots of a few 1e-3 at these
