@@ -12,7 +12,7 @@ splitting ``v = z``, ``z ≥ u``:
     z^+ = \max(\hat w + y, u), \quad
     y^+ = y + \hat w - z^+,
 
-with the over-relaxation ``α = 1.6``. All problems share ``G``, so ``ρ (G + ρI)⁻¹`` is computed
+with the over-relaxation ``α = 1.8``. All problems share ``G``, so ``ρ (G + ρI)⁻¹`` is computed
 once and each step costs one ``[k, m] × [m, m]`` product (in single precision: only the pattern
 ``z > u`` is used). With ``ρ = √(λ_min λ_max)`` (the value that minimises the contraction factor
 of ADMM on a strongly convex quadratic), the number of steps grows like the fourth root of the
@@ -42,8 +42,11 @@ from torch import Tensor
 #: Largest m whose eigenvalues are computed in double precision (single precision beyond).
 _DOUBLE_EIGENVALUES_MAX_M = 128
 #: Over-relaxation of the ADMM steps (1.5 to 1.8 is the usual range; 1.6 halved the steps to an
-#: exact guess on ill-conditioned Gramians against no relaxation).
-_RELAXATION = 1.6
+#: exact guess on ill-conditioned Gramians against no relaxation, and 1.8 takes about 12 % fewer
+#: than 1.6, measured on UPGrad's Gramians of random [m, m/2] and [m, 1000] Jacobians, two seeds,
+#: m = 64 to 512: e.g. 84 → 76 steps at [128, 64], 76 → 56 at [512, 256], 24 → 20 at [64, 128],
+#: with as many exact free sets).
+_RELAXATION = 1.8
 #: Most ADMM steps; the guess stops earlier once its free sets have not changed over the last
 #: _PATTERN_CHECK_EVERY steps (one synchronisation per check) or, above _SETTLE_EARLY_ABOVE_M
 #: objectives, once those of at most _SETTLED_FRACTION of the problems did: the last steps
