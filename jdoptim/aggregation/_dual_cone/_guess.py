@@ -22,12 +22,21 @@ rows than columns, with a small ``reg_eps``) exactly. Measured on UPGrad's Grami
 ``[m, m/2]`` Jacobians: 48 steps find the exact free sets of 96 to 100 % of the problems at
 m = 128 … 512, where 256 accelerated projected-gradient steps found 45 to 90 %.
 
-The extreme eigenvalues come from LAPACK's symmetric eigenvalue routine, in double precision
-up to ``m = 128`` and in single precision beyond (faster than a power iteration on ``G`` and on
-its inverse at every size, measured on a 2-core CPU: 0.08 against 0.57 ms at m = 32, 15 against
-28 ms at m = 512); single precision only blurs a smallest eigenvalue below about ``10⁻⁷ λ_max``,
-and a rough value only moves ``ρ`` (a factor of two changes the number of steps by about a
-third).
+The guess takes instead the geometric mean of all the eigenvalues, ``ρ = det(G)^{1/m}``, which
+is that value for a spectrum spread evenly (in log scale) between its extremes, and lies lower
+when many eigenvalues sit near ``λ_min``: the flat directions of a Jacobian with more rows than
+columns (``m − n`` eigenvalues at about ``reg_eps``). There it takes far fewer steps, measured
+on 29 Gramians of random, rank-deficient (n = m/4, m/2), 10⁶-conditioned and duplicated-row
+Jacobians, m = 64 … 512 (steps until every pattern settles, over-relaxation 1.8): 1,012 steps in
+all instead of 1,476, e.g. 76 → 36 at [64, 16], 92 → 32 at [256, 64], 96 → 32 on a
+10⁶-conditioned [96, 192], with more exact free sets (the full-rank ones unchanged; one
+duplicated-row case slower, 52 → 88).
+
+The eigenvalues come from LAPACK's symmetric eigenvalue routine, in double precision up to
+``m = 128`` and in single precision beyond (faster than a power iteration on ``G`` and on its
+inverse at every size, measured on a 2-core CPU: 0.08 against 0.57 ms at m = 32, 15 against
+28 ms at m = 512); single precision only blurs eigenvalues below about ``10⁻⁷ λ_max``, and a
+rough value only moves ``ρ`` (a factor of two changes the number of steps by about a third).
 """
 
 from __future__ import annotations
@@ -134,17 +143,18 @@ def _admm_numpy(
 
 
 def admm_penalty(g: Tensor) -> float | None:
-    """``ρ = √(λ_min λ_max)`` of ``g``, ``λ_min`` taken at least ``10⁻²⁴ λ_max`` in double
-    precision and ``ε λ_max`` in single precision (below that, it is rounding noise), so that
-    ``ρ`` lies in ``[10⁻¹² λ_max, λ_max]``; ``None`` when ``g`` is not positive definite (or not
-    finite)."""
+    """``ρ = det(g)^{1/m}``, the geometric mean of the eigenvalues of ``g``, each taken at least
+    ``10⁻²⁴ λ_max`` in double precision and ``ε λ_max`` in single precision (below that, it is
+    rounding noise), so that ``ρ`` lies in ``[10⁻²⁴ λ_max, λ_max]``; ``None`` when ``g`` is not
+    positive definite (or not finite)."""
     double = g.shape[0] <= _DOUBLE_EIGENVALUES_MAX_M
     try:
         eigenvalues = torch.linalg.eigvalsh(g if double else g.float())
     except RuntimeError:  # LAPACK did not converge (non-finite entries)
         return None
-    smallest, largest = float(eigenvalues[0]), float(eigenvalues[-1])
-    if not (largest > 0.0 and math.isfinite(smallest)):
+    largest = float(eigenvalues[-1])
+    if not (largest > 0.0 and bool(eigenvalues.isfinite().all())):
         return None
     floor = 1e-24 if double else torch.finfo(torch.float32).eps
-    return largest * math.sqrt(min(max(smallest / largest, floor), 1.0))
+    relative = (eigenvalues.double() / largest).clamp(min=floor)
+    return largest * math.exp(float(relative.log().mean()))

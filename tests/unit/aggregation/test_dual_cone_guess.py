@@ -94,32 +94,34 @@ def test_guess_of_a_matrix_that_is_not_positive_definite_is_the_bounds() -> None
 
 
 @pytest.mark.parametrize("m", [50, 200])  # double, then single precision eigenvalues
-@pytest.mark.parametrize(
-    ("smallest", "expected"),
-    [
-        (0.01, 2.0 * (0.01 / 2.0) ** 0.5),  # √(λ_min λ_max)
-        (1e-30, None),  # λ_min below the floor of the precision: the floor instead
-    ],
-)
-def test_admm_penalty_is_the_geometric_mean_of_the_extreme_eigenvalues(
-    m: int, smallest: float, expected: float | None
-) -> None:
+def test_admm_penalty_is_the_geometric_mean_of_the_eigenvalues(m: int) -> None:
     generator = torch.Generator().manual_seed(0)
     basis, _ = torch.linalg.qr(torch.randn(m, m, generator=generator, dtype=torch.float64))
-    eigenvalues = torch.linspace(smallest, 1.0, m, dtype=torch.float64)
+    eigenvalues = torch.logspace(-3, 0, m, dtype=torch.float64)  # geometric mean 10^-1.5
     eigenvalues[-1] = 2.0
     matrix = basis @ torch.diag(eigenvalues) @ basis.T
+    expected = float(eigenvalues.log().mean().exp())
+
+    rho = _guess.admm_penalty(matrix)
+
+    assert rho == pytest.approx(expected, rel=1e-4)
+
+
+@pytest.mark.parametrize("m", [50, 200])
+def test_admm_penalty_counts_eigenvalues_below_the_precision_at_its_floor(m: int) -> None:
+    # Half the eigenvalues are 0 (a Jacobian with twice as many rows as columns): the rounding
+    # noise that LAPACK returns for them counts as the floor of the precision.
+    generator = torch.Generator().manual_seed(1)
+    basis, _ = torch.linalg.qr(torch.randn(m, m, generator=generator, dtype=torch.float64))
+    eigenvalues = torch.cat([torch.zeros(m // 2), torch.ones(m - m // 2)]).double()
+    matrix = basis @ torch.diag(eigenvalues) @ basis.T
+    floor = 1e-24 if m <= 128 else torch.finfo(torch.float32).eps
+    noise = 1e-15 if m <= 128 else 1e-6  # what LAPACK may return for a zero eigenvalue
 
     rho = _guess.admm_penalty(matrix)
 
     assert rho is not None
-    if expected is not None:
-        assert rho == pytest.approx(expected, rel=1e-4)
-    else:
-        floor = 1e-24 if m <= 128 else torch.finfo(torch.float32).eps
-        # The computed λ_min is rounding noise (below 1e-15 λ_max in double, 1e-6 in single).
-        noise = 1e-15 if m <= 128 else 1e-6
-        assert 2.0 * floor**0.5 * (1 - 1e-5) <= rho <= 2.0 * noise**0.5
+    assert floor**0.5 * (1 - 1e-4) <= rho <= noise**0.5
 
 
 def test_admm_penalty_of_a_matrix_that_is_not_positive_definite_is_none() -> None:
