@@ -1,11 +1,12 @@
 """Scalarizer mode: the losses combined into one scalar by a scalarizer, one ordinary backward.
 
-The scalarizer runs on a detached leaf copy ``L̄`` of the losses; its gradient ``w = ∂s/∂L̄`` (the
-weights actually used) then weights one backward pass of the losses, ``losses.backward(w)``,
-which by the chain rule is ``s.backward()``. The gradients of the scalarizer's learned parameters
-(UW's ``log_var``, IMTLL's ``log_scale``) come with ``w``. With a process group, ``L̄`` is the
-mean of the ranks' losses, so every rank's scalarizer sees the same values (its state never
-drifts apart), and the weighted gradients are averaged in one flat all-reduce.
+``s = scalarizer(losses)`` is back-propagated in one pass of the autograd engine, through the
+scalarizer (reaching its learned parameters: UW's ``log_var``, IMTLL's ``log_scale``) and the
+model; a hook on the losses reads on the way the weights actually used, ``w = ∂s/∂L``. With a
+process group, the scalarizer runs instead on the mean ``L̄`` of the ranks' losses (a detached
+leaf), so every rank's scalarizer sees the same values (its state never drifts apart); its
+gradient ``w = ∂s/∂L̄`` weights this rank's losses, ``losses.backward(w)`` by the chain rule, and
+the weighted gradients are averaged in one flat all-reduce.
 """
 
 from __future__ import annotations
