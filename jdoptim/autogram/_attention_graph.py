@@ -15,7 +15,6 @@ of torch's implementation) keeps the recomputation.
 from __future__ import annotations
 
 import dataclasses
-import inspect
 
 import torch
 from torch import Tensor, nn
@@ -23,7 +22,6 @@ from torch.autograd.graph import GradientEdge, Node
 
 from ._module_hooks import ModuleCall
 
-_SIGNATURE = inspect.signature(nn.MultiheadAttention.forward)
 #: Nodes of the matrix products of a linear map and the name of their saved input.
 _PRODUCTS = {"MmBackward0": "_saved_self", "AddmmBackward0": "_saved_mat1"}
 
@@ -46,8 +44,9 @@ def with_projection_edge(call: ModuleCall) -> ModuleCall | None:
         return None
     if any(edge is not None for edge in call.output_edges[1:]):
         return None  # The attention weights receive gradient: the recomputation handles it.
-    bound = _SIGNATURE.bind(module, *call.args, **call.kwargs)
-    query, key, value = (bound.arguments.get(name) for name in ("query", "key", "value"))
+    query, key, value = (
+        _argument(call, i, name) for i, name in enumerate(("query", "key", "value"))
+    )
     if not (isinstance(query, Tensor) and _same_view(query, key) and _same_view(query, value)):
         return None
     products = _products_of(call, [module.in_proj_weight, module.out_proj.weight])
@@ -78,6 +77,13 @@ def with_projection_edge(call: ModuleCall) -> ModuleCall | None:
         backward_target="in_proj_weight",
         backward_edge=_input_edge(projection),
     )
+
+
+def _argument(call: ModuleCall, index: int, name: str) -> object:
+    """The argument ``name`` of the call, the ``index``-th of ``nn.MultiheadAttention.forward``
+    (after ``self``): binding the whole signature with :mod:`inspect` costs more than the rest
+    of the test."""
+    return call.args[index] if len(call.args) > index else call.kwargs.get(name)
 
 
 def _input_edge(projection: Node) -> GradientEdge | None:
@@ -115,10 +121,11 @@ def _products_of(call: ModuleCall, weights: list[Tensor]) -> list[list[Node]]:
         if node in seen or node in call.input_nodes:
             continue
         seen.add(node)
+        is_product = node.name() in _PRODUCTS
         for next_node, _ in node.next_functions:
             if next_node is None:
                 continue
-            if next_node.name() == "TBackward0" and node.name() in _PRODUCTS:
+            if is_product and next_node.name() == "TBackward0":
                 leaf = next_node.next_functions[0][0]
                 variable = getattr(leaf, "variable", None)
                 if variable is not None and id(variable) in index:

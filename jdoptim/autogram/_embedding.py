@@ -75,14 +75,16 @@ def embedding_rows(
     if module.padding_idx is not None:
         delta = delta * (tokens != module.padding_idx).unsqueeze(-1).to(dtype)
     flat = delta.reshape(rows * samples, positions, -1)
-    return flat, tokens.repeat(rows, 1)  # row t * B + b reads the tokens of sample b
+    # Row t * B + b reads the tokens of sample b (no copy for a single row).
+    return flat, tokens if rows == 1 else tokens.repeat(rows, 1)
 
 
 def scatter_rows(flat: Tensor, ids: Tensor, table_rows: Tensor) -> Tensor:
     """The per-row gradients ``[T B, U, d]`` restricted to ``table_rows`` (sorted, ``[U]``):
     the positions whose token is not among them are left out."""
     count = table_rows.numel()
-    where = torch.searchsorted(table_rows, ids).clamp(max=count - 1)
+    # Contiguous: torch warns about (and copies) other layouts, e.g. the tokens of one row.
+    where = torch.searchsorted(table_rows, ids.contiguous()).clamp(max=count - 1)
     inside = (table_rows[where] == ids).unsqueeze(-1).to(flat.dtype)
     jacobian = flat.new_zeros(flat.shape[0], count, flat.shape[2])
     jacobian.scatter_add_(1, where.unsqueeze(-1).expand(-1, -1, flat.shape[2]), flat * inside)

@@ -16,7 +16,7 @@ from torch.utils.hooks import RemovableHandle
 from ._autocast import AutocastState, accumulation_dtype, autocast_states
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class ModuleCall:
     """What the engine needs to know about one call of one module of the engine.
 
@@ -70,12 +70,16 @@ class ModuleCall:
 def slice_sums(tensor: Tensor) -> tuple[Tensor, Tensor]:
     """Sums and sums of absolute values of the slices of ``tensor`` along its first dimension.
 
-    A cheap fingerprint of an output, checked against the replay of the call.
+    A cheap fingerprint of an output, checked against the replay of the call. The sums are
+    taken over the other dimensions in place: reshaping a non-contiguous output (e.g. the
+    transposed output of a batch-first attention) would copy it.
     """
-    flat = tensor.reshape(tensor.shape[0] if tensor.dim() else 1, -1)
+    if tensor.dim() < 2:
+        tensor = tensor.reshape(tensor.shape[0] if tensor.dim() else 1, 1)
+    dims = tuple(range(1, tensor.dim()))
     # In float32 at least: sums of half-precision outputs overflow.
-    flat = flat.to(accumulation_dtype(flat.dtype))
-    return flat.sum(dim=1), flat.abs().sum(dim=1)
+    tensor = tensor.to(accumulation_dtype(tensor.dtype))
+    return tensor.sum(dim=dims), tensor.abs().sum(dim=dims)
 
 
 def _is_atom(value: Any) -> bool:
@@ -166,14 +170,25 @@ class CallRecorder:
         if not (self.enabled and torch.is_grad_enabled()):
             return
         stack = self._stack
-        call = ModuleCall(module=module, parent=stack[-1] if stack else None)
         inputs = _tensor_leaves(args, kwargs)
-        call.versions_before = {id(t): t._version for t in inputs}
-        devices = {t.device.type for t in inputs}
-        devices.update(p.device.type for p in module._parameters.values() if p is not None)
-        call.autocast = autocast_states(devices)
-        # Taken before the forward: a module modifying an input in place changes its node.
-        call.input_nodes = {_node(t) for t in inputs if t.requires_grad}
+        versions: dict[int, int] = {}
+        nodes: set[Node] = set()
+        on_cuda = False
+        for tensor in inputs:
+            versions[id(tensor)] = tensor._version
+            on_cuda = on_cuda or tensor.is_cuda
+            if tensor.requires_grad:
+                # Taken before the forward: a module modifying an input in place changes its node.
+                nodes.add(_node(tensor))
+        if not on_cuda:
+            on_cuda = any(p is not None and p.is_cuda for p in module._parameters.values())
+        call = ModuleCall(
+            module=module,
+            parent=stack[-1] if stack else None,
+            versions_before=versions,
+            input_nodes=nodes,
+            autocast=autocast_states(("cuda",) if on_cuda else ()),
+        )
         stack.append(call)
         self.calls.append(call)
 
@@ -187,10 +202,9 @@ class CallRecorder:
                 break
         if call is None:
             return
-        inputs = _tensor_leaves(args, kwargs)
-        if all(_is_atom(value) for value in args) and all(
-            _is_atom(value) for value in kwargs.values()
-        ):
+        values = (*args, *kwargs.values())
+        if all(_is_atom(value) for value in values):
+            inputs = [value for value in values if isinstance(value, Tensor)]
             call.args = tuple(_detach(value) for value in args)
             call.kwargs = {name: _detach(value) for name, value in kwargs.items()}
             # The same detached aliases, in the order of ``inputs``.
@@ -198,13 +212,15 @@ class CallRecorder:
                 value for value in (*call.args, *call.kwargs.values()) if isinstance(value, Tensor)
             ]
         else:
+            inputs = _tensor_leaves(args, kwargs)
             call.args = tree_map(_detach, tuple(args))
             call.kwargs = tree_map(_detach, dict(kwargs))
             call.input_tensors = [t.detach() for t in inputs]
-        call.input_versions = [t._version for t in inputs]
-        call.modifies_inputs = any(
-            call.versions_before.get(id(t), t._version) != t._version for t in inputs
-        )
+        before = call.versions_before
+        versions = [t._version for t in inputs]
+        call.input_versions = versions
+        pairs = zip(inputs, versions, strict=True)
+        call.modifies_inputs = any(before.get(id(t), version) != version for t, version in pairs)
         if not call.modifies_inputs:
             call.input_nodes.update(_node(t) for t in inputs if t.requires_grad)
         checksums = self._needs_checksums(module)

@@ -101,6 +101,41 @@ def test_attention_as_the_first_layer_on_an_input_with_grad() -> None:
 
 
 @pytest.mark.usefixtures("no_recomputation")
+@pytest.mark.parametrize("positional", [0, 1, 2])
+def test_self_attention_with_keyword_arguments_is_read_from_the_graph(positional: int) -> None:
+    # query, key and value found whether passed by position or by name.
+    torch.manual_seed(0)
+    attention = nn.MultiheadAttention(4, 2, batch_first=True).double()
+    engine = Engine(attention, batch_dim=0)
+    x = torch.tanh(torch.randn(3, 5, 4, dtype=torch.float64))
+    names = ("query", "key", "value")
+    keywords = {name: x for name in names[positional:]}
+    out, _ = attention(*([x] * positional), need_weights=False, **keywords)  # type: ignore[arg-type]
+    _check(attention, out.pow(2).sum((1, 2)), engine)
+
+
+def test_cross_attention_with_keyword_arguments_is_recomputed(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    calls: list[int] = []
+    attend = attention_module._attend
+
+    def counting(*args: object, **kwargs: object) -> Tensor:
+        calls.append(1)
+        return attend(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(attention_module, "_attend", counting)
+    torch.manual_seed(0)
+    attention = nn.MultiheadAttention(4, 2, batch_first=True).double()
+    engine = Engine(attention, batch_dim=0)
+    x = torch.randn(3, 5, 4, dtype=torch.float64)
+    memory = torch.randn(3, 6, 4, dtype=torch.float64)
+    out, _ = attention(x, key=memory, value=memory, need_weights=False)
+    _check(attention, out.pow(2).sum((1, 2)), engine)
+    assert calls == [1]
+
+
+@pytest.mark.usefixtures("no_recomputation")
 def test_the_backward_pass_skips_the_gradient_of_the_fused_projection_weight() -> None:
     torch.manual_seed(0)
     model = SelfAttention(batch_first=True, bias=True).double()

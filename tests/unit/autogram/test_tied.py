@@ -222,3 +222,23 @@ def test_tied_head_by_blocks_of_table_rows(batch_dim: int | None) -> None:
     engine = Engine(model, batch_dim=batch_dim)
     out = model(torch.tensor([[0, 1], [2, 3], [4, 5], [6, 0]]))
     _check(model, torch.stack([out.pow(2).sum((1, 2)), out.sin().sum((1, 2))], dim=1), engine)
+
+
+@pytest.mark.usefixtures("no_replay")
+def test_tied_head_on_non_contiguous_tokens() -> None:
+    # One loss per sample: the rows read the recorded tokens themselves, here a transposed view.
+    torch.manual_seed(0)
+    embedding = nn.Embedding(7, 16).double()
+    head = nn.Linear(16, 7, bias=False).double()
+    head.weight = embedding.weight
+    model = nn.Sequential(embedding, nn.Tanh(), head)
+    engine = Engine(model, batch_dim=0)
+    tokens = torch.tensor([[0, 1, 2, 3], [4, 5, 6, 0], [1, 1, 2, 6]]).T
+    assert not tokens.is_contiguous()
+    out = model(tokens)
+    losses = out.pow(2).sum((1, 2))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")  # e.g. torch.searchsorted's on non-contiguous values
+        gramian = engine.compute_gramian(losses)
+    assert [str(warning.message) for warning in caught] == []
+    torch.testing.assert_close(gramian, explicit_gramian(losses, trainable(model)), **TOLERANCE)
