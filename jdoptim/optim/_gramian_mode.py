@@ -16,7 +16,7 @@ from ..autogram._gather import gathering
 from ._distributed import Sync
 from ._gramian_ranks import global_losses, local_weights, summed_gradients
 from ._jacobian_mode import NO_PARAMETER, used_leaves
-from ._plan import Plan
+from ._plan import Plan, backward_out_of_place
 
 
 class GramianEngine(Protocol):
@@ -112,21 +112,7 @@ def plan_gramian(
         )
 
     def weighted_backward() -> None:
-        # Accumulate out of place, so that the previous .grad tensors stay intact.
-        previous = [(p, p.grad) for p in inputs if p.grad is not None]
-        for param, _ in previous:
-            param.grad = None
-        try:
-            torch.autograd.backward(
-                output, grad_tensors=weights, retain_graph=retain_graph, inputs=inputs
-            )
-        except BaseException:
-            for param in inputs:
-                param.grad = None
-            raise
-        finally:
-            for param, grad in previous:
-                param.grad = grad if param.grad is None else grad + param.grad
+        backward_out_of_place(output, weights, inputs, retain_graph)
 
     return Plan(
         weights=tuple(weights for _ in groups),

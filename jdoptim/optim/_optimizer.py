@@ -310,25 +310,9 @@ class JacobianOptimizer(SharedAttributes, Optimizer):
         non-finite Jacobian writes NaN gradients (a GradScaler then skips the step).
         """
         with self._transaction():
-            self._backward(losses, features, grad_tensors, retain_graph, aggregate, aggregate_at)
-
-    def _backward(
-        self,
-        losses: Losses,
-        features: Tensor | Sequence[Tensor] | None = None,
-        grad_tensors: Tensor | Sequence[Tensor] | None = None,
-        retain_graph: bool = False,
-        aggregate: bool = True,
-        aggregate_at: str = "parameters",
-    ) -> None:
-        """:meth:`backward` inside the caller's transaction (:meth:`step` opens one for all)."""
-        check_flags(retain_graph=retain_graph, aggregate=aggregate)
-        at_features = check_aggregate_at(aggregate_at, features, aggregate, self._sync.active)
-        if aggregate:
-            check_nothing_pending(self._runtime.pending, "backward")
-        plan = self._plan(losses, features, grad_tensors, retain_graph, aggregate, at_features)
-        write(plan)
-        self._runtime.record(plan)
+            self._write(
+                self._plan(losses, features, grad_tensors, retain_graph, aggregate, aggregate_at)
+            )
 
     def aggregate(self) -> None:
         """Aggregates the Jacobians accumulated by ``backward(..., aggregate=False)``.
@@ -356,9 +340,7 @@ class JacobianOptimizer(SharedAttributes, Optimizer):
         """
         check_aggregate_available(self._engine is not None, self._scalarizer is not None)
         with self._transaction():
-            plan = plan_accumulated(self._context(), self._runtime.pending_losses)
-            write(plan)
-        self._runtime.record(plan)
+            self._write(plan_accumulated(self._context(), self._runtime.pending_losses))
         self._runtime.clear_pending()
 
     def diagnostics(self) -> tuple[GroupDiagnostics | None, ...]:
@@ -440,12 +422,17 @@ class JacobianOptimizer(SharedAttributes, Optimizer):
     def _plan(
         self,
         losses: Losses,
-        features: Tensor | Sequence[Tensor] | None,
-        grad_tensors: Tensor | Sequence[Tensor] | None,
-        retain_graph: bool,
-        aggregate: bool,
-        at_features: bool = False,
+        features: Tensor | Sequence[Tensor] | None = None,
+        grad_tensors: Tensor | Sequence[Tensor] | None = None,
+        retain_graph: bool = False,
+        aggregate: bool = True,
+        aggregate_at: str = "parameters",
     ) -> Plan:
+        """The plan of :meth:`backward` (its arguments checked), nothing written yet."""
+        check_flags(retain_graph=retain_graph, aggregate=aggregate)
+        at_features = check_aggregate_at(aggregate_at, features, aggregate, self._sync.active)
+        if aggregate:
+            check_nothing_pending(self._runtime.pending, "backward")
         loss_list = as_losses(losses)
         context = self._context()
         check_devices(loss_list, context.params)
@@ -473,6 +460,10 @@ class JacobianOptimizer(SharedAttributes, Optimizer):
         check_rows(plan.jacs)
         return plan
 
+    def _write(self, plan: Plan) -> None:
+        write(plan)
+        self._runtime.record(plan)
+
     def _context(self) -> Context:
         groups, chunk = self.param_groups, self._parallel_chunk_size
         return build_context(groups, self._aggregator, chunk, self._sync, self.record_gramians)
@@ -494,5 +485,5 @@ class JacobianOptimizer(SharedAttributes, Optimizer):
         both). When every ``.grad`` was None before and the backward knows that what it wrote
         is finite (it saw finite Gramians and weights), no pass over the gradients is needed."""
         fresh = all(p.grad is None for group in self.param_groups for p in group["params"])
-        self._backward(losses, **backward_kwargs)
+        self._write(self._plan(losses, **backward_kwargs))
         check_finite_grads(self.param_groups, fresh and self._runtime.wrote_finite)

@@ -61,6 +61,35 @@ def write(plan: Plan) -> None:
         plan.backward()
 
 
+def backward_out_of_place(
+    output: Tensor,
+    grad_tensors: Tensor | None,
+    inputs: list[Tensor],
+    retain_graph: bool,
+    check: Callable[[], None] | None = None,
+) -> None:
+    """``torch.autograd.backward`` into the ``.grad`` of ``inputs``, accumulated out of place: the
+    previous ``.grad`` tensors stay intact, for the caller's transaction to restore. ``check``
+    runs while ``.grad`` holds the new gradients alone; if it or the backward raises, nothing is
+    written."""
+    previous = [(p, p.grad) for p in inputs if p.grad is not None]
+    for param, _ in previous:
+        param.grad = None
+    try:
+        torch.autograd.backward(
+            output, grad_tensors=grad_tensors, retain_graph=retain_graph, inputs=inputs
+        )
+        if check is not None:
+            check()
+    except BaseException:
+        for param in inputs:
+            param.grad = None
+        raise
+    finally:
+        for param, grad in previous:
+            param.grad = grad if param.grad is None else grad + param.grad
+
+
 class Records:
     """What the optimizer remembers of the plans it wrote: weights, Gramians, pending accumulation.
 

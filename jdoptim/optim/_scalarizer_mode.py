@@ -24,7 +24,7 @@ from ._context import Context
 from ._distributed import Sync
 from ._gramian_mode import stack_losses
 from ._jacobian_mode import NO_PARAMETER
-from ._plan import Plan
+from ._plan import Plan, backward_out_of_place
 
 # Torch optimizers that only use their first parameter group: the learned parameters of a
 # scalarizer cannot be given to them as a group of their own.
@@ -118,10 +118,16 @@ def _plan_one_backward(
     model_params = [p for p in params if id(p) not in learned]
     gradients: list[Tensor] = []  # what the hook saw, `∂s/∂L` (none if s ignores the losses)
 
+    def reached_the_model() -> None:
+        # Without a walk of the graph: when the losses depend on no parameter of the model, none
+        # of them got a gradient (the scalarizer's own may have).
+        if all(p.grad is None for p in model_params):
+            raise ValueError(NO_PARAMETER)
+
     def backward() -> None:
         handle = values.register_hook(gradients.append)  # type: ignore[no-untyped-call]
         try:
-            _backward_out_of_place(value, params, model_params, retain_graph)
+            backward_out_of_place(value, None, params, retain_graph, reached_the_model)
         finally:
             handle.remove()
         weights = gradients[0].detach() if gradients else torch.zeros_like(values.detach())
@@ -130,29 +136,6 @@ def _plan_one_backward(
     plan = Plan(gramians=tuple(None for _ in range(n_groups)), value=value.detach())
     plan.backward = backward
     return plan
-
-
-def _backward_out_of_place(
-    value: Tensor, params: list[Tensor], model_params: list[Tensor], retain_graph: bool
-) -> None:
-    """``value.backward()`` into the ``.grad`` of ``params``, accumulated out of place (the
-    previous ``.grad`` tensors stay intact for the caller's transaction). Raises when the losses
-    depend on none of ``model_params`` (the parameters other than the scalarizer's), without a
-    walk of the graph: none of them got a gradient."""
-    previous = [(p, p.grad) for p in params if p.grad is not None]
-    for param, _ in previous:
-        param.grad = None
-    try:
-        torch.autograd.backward(value, retain_graph=retain_graph, inputs=params)
-        if all(p.grad is None for p in model_params):
-            raise ValueError(NO_PARAMETER)
-    except BaseException:
-        for param in params:
-            param.grad = None
-        raise
-    finally:
-        for param, grad in previous:
-            param.grad = grad if param.grad is None else grad + param.grad
 
 
 def _check_device(scalarizer: nn.Module, device: torch.device) -> None:

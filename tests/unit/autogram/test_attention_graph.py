@@ -22,6 +22,20 @@ def no_recomputation(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(attention_module, "_attend", refuse)
 
 
+@pytest.fixture
+def calls(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """One entry per recomputation of an attention call."""
+    recorded: list[int] = []
+    attend = attention_module._attend
+
+    def counting(*args: object, **kwargs: object) -> Tensor:
+        recorded.append(1)
+        return attend(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(attention_module, "_attend", counting)
+    return recorded
+
+
 def _losses(out: Tensor) -> Tensor:
     flat = out.reshape(out.shape[0], -1)
     return torch.stack([(flat**2).sum(1), flat.sin().sum(1)], dim=1)
@@ -114,17 +128,7 @@ def test_self_attention_with_keyword_arguments_is_read_from_the_graph(positional
     _check(attention, out.pow(2).sum((1, 2)), engine)
 
 
-def test_cross_attention_with_keyword_arguments_is_recomputed(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    calls: list[int] = []
-    attend = attention_module._attend
-
-    def counting(*args: object, **kwargs: object) -> Tensor:
-        calls.append(1)
-        return attend(*args, **kwargs)  # type: ignore[arg-type]
-
-    monkeypatch.setattr(attention_module, "_attend", counting)
+def test_cross_attention_with_keyword_arguments_is_recomputed(calls: list[int]) -> None:
     torch.manual_seed(0)
     attention = nn.MultiheadAttention(4, 2, batch_first=True).double()
     engine = Engine(attention, batch_dim=0)
@@ -153,16 +157,8 @@ def test_the_backward_pass_skips_the_gradient_of_the_fused_projection_weight() -
     ("case", "batch_dim"), [("cross_attention", 0), ("cross_attention", None), ("unbatched", None)]
 )
 def test_other_calls_are_recomputed_exactly(
-    case: str, batch_dim: int | None, monkeypatch: pytest.MonkeyPatch
+    case: str, batch_dim: int | None, calls: list[int]
 ) -> None:
-    calls: list[int] = []
-    attend = attention_module._attend
-
-    def counting(*args: object, **kwargs: object) -> Tensor:
-        calls.append(1)
-        return attend(*args, **kwargs)  # type: ignore[arg-type]
-
-    monkeypatch.setattr(attention_module, "_attend", counting)
     torch.manual_seed(0)
     if case == "unbatched":
         attention = nn.MultiheadAttention(4, 2).double()
