@@ -42,10 +42,11 @@ rough value only moves ``ρ`` (a factor of two changes the number of steps by ab
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import torch
-from numpy.typing import NDArray
 from torch import Tensor
 
 #: Largest m whose eigenvalues are computed in double precision (single precision beyond).
@@ -94,45 +95,27 @@ def guess_by_admm(g: Tensor, u: Tensor) -> Tensor:
     bounds = u.float()
     settled = int(_SETTLED_FRACTION * u.shape[0]) if m > _SETTLE_EARLY_ABOVE_M else 0
     if g.device.type == "cpu" and m <= _NUMPY_MAX_M:
-        z = torch.from_numpy(_admm_numpy(resolvent.detach().numpy(), bounds.numpy(), settled))
+        steps = _admm_steps(resolvent.detach().numpy(), bounds.numpy(), settled, np.maximum)
+        z = torch.from_numpy(steps)
     else:
-        z = _admm_torch(resolvent, bounds, settled)
+        z = _admm_steps(resolvent, bounds, settled, torch.maximum)
     return torch.where(torch.isfinite(z) & (z > bounds), z.to(u.dtype), u)
 
 
-def _admm_torch(resolvent: Tensor, bounds: Tensor, settled: int) -> Tensor:
-    """The ADMM steps from ``z = u``, ``y = 0`` until the patterns ``z > u`` settle."""
-    z = bounds.clone()
-    y = torch.zeros_like(bounds)
+def _admm_steps(
+    resolvent: Any, bounds: Any, settled: int, maximum: Callable[[Any, Any], Any]
+) -> Any:
+    """The ADMM steps from ``z = u``, ``y = 0`` until the patterns ``z > u`` settle, on torch
+    tensors or numpy arrays alike (``maximum``: ``torch.maximum`` or ``np.maximum``). Overflows
+    run silently in both: a non-finite iterate gives no guess for its problem."""
+    z = bounds
+    y: Any = 0.0  # the multipliers, an array from the first step on
     free = z > bounds
-    for step in range(1, _MAX_STEPS + 1):
-        w = torch.mm(z - y, resolvent)
-        relaxed = torch.lerp(z, w, _RELAXATION)
-        shifted = relaxed.add_(y)
-        z = torch.maximum(shifted, bounds)
-        y = shifted.sub_(z)
-        if step % _PATTERN_CHECK_EVERY == 0:
-            next_free = z > bounds
-            if int((next_free != free).any(dim=1).sum()) <= settled:
-                break
-            free = next_free
-    return z
-
-
-def _admm_numpy(
-    resolvent: NDArray[np.float32], bounds: NDArray[np.float32], settled: int
-) -> NDArray[np.float32]:
-    """:func:`_admm_torch` with numpy arrays: the same steps, at a fraction of the cost of each
-    small operation."""
-    z: NDArray[np.float32] = bounds.copy()
-    y = np.zeros_like(bounds)
-    free = z > bounds
-    # As in torch, overflows run silently: a non-finite iterate gives no guess for its problem.
     with np.errstate(all="ignore"):
         for step in range(1, _MAX_STEPS + 1):
             w = (z - y) @ resolvent
-            shifted = z + np.float32(_RELAXATION) * (w - z) + y
-            z = np.maximum(shifted, bounds)
+            shifted = z + _RELAXATION * (w - z) + y
+            z = maximum(shifted, bounds)
             y = shifted - z
             if step % _PATTERN_CHECK_EVERY == 0:
                 next_free = z > bounds
