@@ -179,7 +179,7 @@ def _pivot(
     elif compact_solver is not None and compact_solver.has_guide and max_iterations > 0:
         # Warm start: guess the free sets with a few ADMM steps (see ._guess), and solve for
         # that guess (one pivoting step).
-        v = guess_by_admm(g, u)
+        v = guess_by_admm(g, u, compact_solver.factor)
         free = v > u
         v = compact_solver.solve(torch.arange(k, device=device), free)
         iterations = 1

@@ -119,6 +119,8 @@ class CompactSolver:
         identity = torch.eye(m, device=gramian.device, dtype=gramian.dtype)
         factor, info = torch.linalg.cholesky_ex(gramian)
         self.has_inverse = bool(info == 0)
+        #: The lower Cholesky factor of G where it exists (the guess reads det(G) from it).
+        self.factor: Tensor | None = factor if self.has_inverse else None
         # A factorisable G, even nearly singular (an inaccurate inverse), gets the first guess.
         self.has_guide = self.has_inverse
         self.refine = True

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -94,35 +96,34 @@ def test_guess_of_a_matrix_that_is_not_positive_definite_is_the_bounds() -> None
     assert torch.equal(_guess.guess_by_admm(nan, u), u)
 
 
-@pytest.mark.parametrize("m", [50, 200])  # double, then single precision eigenvalues
-def test_admm_penalty_is_the_geometric_mean_of_the_eigenvalues(m: int) -> None:
+@pytest.mark.parametrize("m", [50, 200])
+@pytest.mark.parametrize("smallest", [1e-3, 1e-10])
+def test_admm_penalty_is_the_geometric_mean_of_the_eigenvalues(m: int, smallest: float) -> None:
     generator = torch.Generator().manual_seed(0)
     basis, _ = torch.linalg.qr(torch.randn(m, m, generator=generator, dtype=torch.float64))
-    eigenvalues = torch.logspace(-3, 0, m, dtype=torch.float64)  # geometric mean 10^-1.5
+    eigenvalues = torch.logspace(math.log10(smallest), 0, m, dtype=torch.float64)
     eigenvalues[-1] = 2.0
     matrix = basis @ torch.diag(eigenvalues) @ basis.T
     expected = float(eigenvalues.log().mean().exp())
 
+    # From the pivots of a Cholesky factor, computed here or handed over by the solver.
     rho = _guess.admm_penalty(matrix)
+    from_factor = _guess.admm_penalty(matrix, torch.linalg.cholesky(matrix))
 
     assert rho == pytest.approx(expected, rel=1e-4)
+    assert from_factor == rho
 
 
-@pytest.mark.parametrize("m", [50, 200])
-def test_admm_penalty_counts_eigenvalues_below_the_precision_at_its_floor(m: int) -> None:
-    # Half the eigenvalues are 0 (a Jacobian with twice as many rows as columns): the rounding
-    # noise that LAPACK returns for them counts as the floor of the precision.
-    generator = torch.Generator().manual_seed(1)
-    basis, _ = torch.linalg.qr(torch.randn(m, m, generator=generator, dtype=torch.float64))
-    eigenvalues = torch.cat([torch.zeros(m // 2), torch.ones(m - m // 2)]).double()
-    matrix = basis @ torch.diag(eigenvalues) @ basis.T
-    floor = 1e-24 if m <= 128 else torch.finfo(torch.float32).eps
-    noise = 1e-15 if m <= 128 else 1e-6  # what LAPACK may return for a zero eigenvalue
+def test_admm_penalty_counts_pivots_below_the_precision_at_its_floor() -> None:
+    # A factor whose last pivot is rounding noise (a flat direction) moves ρ only down to the
+    # floor 1e-24 of the largest diagonal entry, for that pivot's share 1/m.
+    m = 4
+    matrix = torch.eye(m, dtype=torch.float64)
+    factor = torch.diag(torch.tensor([1.0, 1.0, 1.0, 1e-200], dtype=torch.float64))
 
-    rho = _guess.admm_penalty(matrix)
+    rho = _guess.admm_penalty(matrix, factor)
 
-    assert rho is not None
-    assert floor**0.5 * (1 - 1e-4) <= rho <= noise**0.5
+    assert rho == pytest.approx(1e-24 ** (1 / m), rel=1e-12)
 
 
 def test_admm_penalty_of_a_matrix_that_is_not_positive_definite_is_none() -> None:
