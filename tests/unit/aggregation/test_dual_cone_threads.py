@@ -50,6 +50,23 @@ def test_the_callers_grad_and_inference_modes_hold_in_every_job(two_threads: Non
     assert _threads.run_in_parallel([modes, modes]) == [(True, False)] * 2
 
 
+def test_every_job_runs_torch_on_one_thread_and_the_caller_gets_its_setting_back(
+    two_threads: None,
+) -> None:
+    # Each participating thread would otherwise start its own team of OpenMP threads.
+    results = _threads.run_in_parallel([torch.get_num_threads for _ in range(4)])
+    assert results == [1, 1, 1, 1]
+    assert torch.get_num_threads() == 2
+    # Also after a job raised.
+    with pytest.raises(ValueError, match="job"):
+        _threads.run_in_parallel([torch.get_num_threads, _raise_value_error])
+    assert torch.get_num_threads() == 2
+
+
+def _raise_value_error() -> None:
+    raise ValueError("job")
+
+
 def test_an_error_is_raised_after_every_job_finished(two_threads: None) -> None:
     finished = []
 
