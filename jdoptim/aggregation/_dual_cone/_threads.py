@@ -7,12 +7,12 @@ them on up to ``torch.get_num_threads()`` threads: the caller's and those of a s
 on first use and made again in a process forked from the one that made it (threads do not
 survive a fork). Torch releases the GIL inside its operators, so the pieces really overlap.
 
-While the pieces run, every thread taking part runs torch's operators on one thread
-(``torch.set_num_threads(1)``, a per-thread setting; the caller's is restored afterwards):
-otherwise each of them starts its own team of ``torch.get_num_threads()`` OpenMP threads for
-its gathers and sums, more threads than cores, whose spinning slows the caller down even after
-the pieces are done (measured on a 2-core CPU: about 4 ms of a 80 ms call of
-``UPGradWeighting`` at m = 256 went to small indexing operations right after a parallel step).
+For large pieces (``one_thread_each``), every thread taking part runs torch's operators on one
+thread while they run (``torch.set_num_threads(1)``, a per-thread setting; the caller's is
+restored afterwards): otherwise each of them starts its own team of ``torch.get_num_threads()``
+OpenMP threads for its gathers and sums, more threads than cores, which compete with the
+factorisations. For small pieces switching the setting costs more than it saves (see
+``_ONE_THREAD_EACH_WORK`` in :mod:`._torch_blocks`).
 """
 
 from __future__ import annotations
@@ -37,11 +37,12 @@ def parallel_threads() -> int:
     return max(1, torch.get_num_threads())
 
 
-def run_in_parallel(jobs: list[Callable[[], T]]) -> list[T]:
+def run_in_parallel(jobs: list[Callable[[], T]], one_thread_each: bool = True) -> list[T]:
     """The results of ``jobs``, run on up to :func:`parallel_threads` threads at once.
 
     The jobs are dealt in turn to the threads (the caller's first), so that jobs sorted by size
-    share the work evenly; each runs under the caller's grad and inference modes. If one
+    share the work evenly; each runs under the caller's grad and inference modes, and with
+    ``one_thread_each`` on one intra-op thread (otherwise on as many as the caller). If one
     raises, the others are still waited for, then the first error is raised.
     """
     threads = min(len(jobs), parallel_threads())
@@ -50,9 +51,12 @@ def run_in_parallel(jobs: list[Callable[[], T]]) -> list[T]:
     pool = _pool(threads - 1)
     grad, inference = torch.is_grad_enabled(), torch.is_inference_mode_enabled()
 
+    caller_threads = torch.get_num_threads()
+    each = 1 if one_thread_each else caller_threads
+
     def run_share(share: list[int]) -> list[T]:
-        # One intra-op thread in the pool's threads, for good (they run only these pieces).
-        torch.set_num_threads(1)
+        if torch.get_num_threads() != each:
+            torch.set_num_threads(each)
         with torch.inference_mode(inference), torch.set_grad_enabled(grad):
             return [jobs[index]() for index in share]
 
@@ -60,7 +64,6 @@ def run_in_parallel(jobs: list[Callable[[], T]]) -> list[T]:
     futures: list[Future[list[T]]] = [pool.submit(run_share, share) for share in shares[1:]]
     results: list[T | None] = [None] * len(jobs)
     error: BaseException | None = None
-    caller_threads = torch.get_num_threads()
     try:
         for index, result in zip(shares[0], run_share(shares[0]), strict=True):
             results[index] = result
@@ -72,9 +75,10 @@ def run_in_parallel(jobs: list[Callable[[], T]]) -> list[T]:
                 results[index] = result
         except BaseException as raised:
             error = error or raised
-    # After every piece: the last setting made is the caller's own again (torch also keeps it
-    # as the default of threads started later).
-    torch.set_num_threads(caller_threads)
+    if one_thread_each:
+        # After every piece: the last setting made is the caller's own again (torch also keeps
+        # it as the default of threads started later).
+        torch.set_num_threads(caller_threads)
     if error is not None:
         raise error
     return results  # type: ignore[return-value]  # every index was filled

@@ -43,6 +43,13 @@ _MIN_CHUNK_PROBLEMS = 16
 #: one thread at m = 32 to 64, blocks of about m / 2; 0.69 to 0.95 × at m = 128 to 256).
 _MIN_PARALLEL_PROBLEMS = 16
 _MIN_PARALLEL_WORK = 8_000_000
+#: Least work (problems × block size³) from which the threads sharing it run torch's operators on
+#: one thread each (see :mod:`._threads`): measured on a 2-core CPU, each configuration in its
+#: own process, UPGradWeighting at m = 256 takes 62-66 instead of 107-109 ms ([256, 128]) and
+#: 48-59 instead of 58-74 ms ([256, 512]), m = 512 369-383 instead of 426-537 ms; at m = 128
+#: (about 3·10⁷) switching the setting back and forth at every step cost more than it saved
+#: (medians 16-23 instead of 12-15 ms, with some calls 5-10 times slower).
+_ONE_THREAD_EACH_WORK = 100_000_000
 
 # Workspaces of the CPU solver, per thread, kept from one call to the next: fresh ones at every
 # call are big enough for the allocator to map new pages each time, and those page faults cost
@@ -202,7 +209,8 @@ class CompactSolver:
                     through_active[piece],
                 )
                 for piece in pieces
-            ]
+            ],
+            one_thread_each=count * size**3 >= _ONE_THREAD_EACH_WORK,
         )
         solution = torch.empty_like(lower_bounds)
         for piece, result in zip(pieces, results, strict=True):

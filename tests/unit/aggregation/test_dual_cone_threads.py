@@ -57,6 +57,9 @@ def test_every_job_runs_torch_on_one_thread_and_the_caller_gets_its_setting_back
     results = _threads.run_in_parallel([torch.get_num_threads for _ in range(4)])
     assert results == [1, 1, 1, 1]
     assert torch.get_num_threads() == 2
+    # Small pieces keep the caller's setting in every thread.
+    results = _threads.run_in_parallel([torch.get_num_threads] * 4, one_thread_each=False)
+    assert results == [2, 2, 2, 2]
     # Also after a job raised.
     with pytest.raises(ValueError, match="job"):
         _threads.run_in_parallel([torch.get_num_threads, _raise_value_error])
