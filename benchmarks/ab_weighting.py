@@ -7,17 +7,23 @@ a copy of its `jdoptim` package under another name (the package uses only relati
     git worktree add /tmp/before <revision>
     python benchmarks/ab_weighting.py /tmp/before/jdoptim            # this checkout's jdoptim
     python benchmarks/ab_weighting.py /tmp/before/jdoptim --sizes 64x32 512x1000
+    python benchmarks/ab_weighting.py /tmp/before/jdoptim --processes 2
 
 Prints one Markdown row per Gramian (of a random ``[m, n]`` Jacobian): the medians of the two
-versions in ms and their ratio.
+versions in ms and their ratio. With ``--processes R``, each version and size is timed in a
+process of its own instead, the two versions alternated, ``R`` rounds (the medians of the rounds'
+medians): for changes to the solver's threads, which two versions in one process share (their
+thread pools and OpenMP teams compete for the cores and hide the difference).
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import shutil
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -41,23 +47,79 @@ def repeats_for(m: int) -> int:
     return 15 if m <= 128 else 5 if m <= 256 else 3 if m <= 512 else 1
 
 
+def _gramian(size: str) -> tuple[int, int, torch.Tensor]:
+    m, n = (int(part) for part in size.split("x"))
+    jacobian = torch.randn(m, n, generator=torch.Generator().manual_seed(0))
+    return m, n, jacobian @ jacobian.T
+
+
+def _child(package: Path, size: str) -> None:
+    """Prints the median time in ms of ``UPGradWeighting`` of the package at ``package``."""
+    aggregation = import_copy(package, "jdoptim_measured")
+    m, _, gramian = _gramian(size)
+    weighting = aggregation.UPGradWeighting()
+    weighting(gramian)  # warm-up: workspaces, thread pool
+    times = []
+    for _ in range(4 * repeats_for(m)):
+        start = time.perf_counter()
+        weighting(gramian)
+        times.append(time.perf_counter() - start)
+    print(statistics.median(times) * 1e3)
+
+
+def _in_processes(before: Path, sizes: list[str], rounds: int, threads: int) -> None:
+    after = Path(__file__).resolve().parents[1] / "jdoptim"
+    environment = {**os.environ, "OMP_NUM_THREADS": str(threads)}
+    for size in sizes:
+        medians: tuple[list[float], list[float]] = ([], [])
+        for _ in range(rounds):
+            for package, measured in zip((before, after), medians, strict=True):
+                completed = subprocess.run(
+                    [
+                        sys.executable,
+                        __file__,
+                        str(package),
+                        "--child",
+                        size,
+                        "--threads",
+                        str(threads),
+                    ],
+                    capture_output=True,
+                    text=True,
+                    check=True,
+                    env=environment,
+                )
+                measured.append(float(completed.stdout.strip().splitlines()[-1]))
+        first, second = (statistics.median(m) for m in medians)
+        m, n = size.split("x")
+        print(f"| [{m}, {n}] | {first:.3g} | {second:.3g} | {second / first:.2f} |", flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("before", type=Path, help="the other version's `jdoptim` directory")
     parser.add_argument("--sizes", nargs="+", default=DEFAULT_SIZES, help="m x n, e.g. 64x32")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument(
+        "--processes", type=int, default=0, help="rounds of one process per version and size"
+    )
+    parser.add_argument("--child", metavar="SIZE", help=argparse.SUPPRESS)
     arguments = parser.parse_args()
     torch.set_num_threads(arguments.threads)
+    if arguments.child is not None:
+        _child(arguments.before, arguments.child)
+        return
+    print("| `[m, n]` | before (ms) | after (ms) | after / before |\n|---|---|---|---|")
+    if arguments.processes > 0:
+        _in_processes(arguments.before, arguments.sizes, arguments.processes, arguments.threads)
+        return
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
     import jdoptim.aggregation as after
 
     before = import_copy(arguments.before, "jdoptim_before")
     weightings = before.UPGradWeighting(), after.UPGradWeighting()
-    print("| `[m, n]` | before (ms) | after (ms) | after / before |\n|---|---|---|---|")
     for size in arguments.sizes:
-        m, n = (int(part) for part in size.split("x"))
-        jacobian = torch.randn(m, n, generator=torch.Generator().manual_seed(0))
-        gramian = jacobian @ jacobian.T
+        m, n, gramian = _gramian(size)
         if m <= 256:
             for weighting in weightings:
                 weighting(gramian)  # warm-up: workspaces, thread pool

@@ -7,11 +7,15 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def test_one_row_per_size_with_both_medians_and_their_ratio() -> None:
-    # This checkout against itself: both versions import, and each row holds two medians.
+@pytest.mark.parametrize("processes", [[], ["--processes", "1"]])
+def test_one_row_per_size_with_both_medians_and_their_ratio(processes: list[str]) -> None:
+    # This checkout against itself, in one process or one process per version and size: both
+    # versions import, and each row holds two medians.
     result = subprocess.run(
         [
             sys.executable,
@@ -22,6 +26,7 @@ def test_one_row_per_size_with_both_medians_and_their_ratio() -> None:
             "30x60",
             "--threads",
             "1",
+            *processes,
         ],
         capture_output=True,
         text=True,
