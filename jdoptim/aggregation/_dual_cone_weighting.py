@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import ClassVar
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -53,6 +54,36 @@ class DualConeWeighting(CheckedVectors, Weighting):
         """``N(G) + reg_eps·I``: trace-normalised (guarded by ``norm_eps``) and regularised."""
         identity = torch.eye(gramian.shape[0], device=gramian.device, dtype=gramian.dtype)
         return normalize(gramian, self.norm_eps) + self.reg_eps * identity
+
+    def solved_at_bounds(self, gramian: Tensor, pref_vector: Tensor, *, each: bool) -> Tensor:
+        """Which problems ``min vᵀĜv s.t. v ≥ u`` the bound ``u`` itself solves: ``u ≥ 0`` and
+        ``Ĝ u ≥ 0``, its optimality condition (which also holds for ``Ĝ + δI``), so that they
+        need no solver.
+
+        ``each``: UPGrad's ``m`` problems ``u = p_i e_i`` (solved when ``p_i = 0``, or when
+        ``p_i > 0`` and gradient ``i`` conflicts with no other: ``Ĝ_ij ≥ 0`` for every ``j``);
+        otherwise DualProj's one problem ``u = p``. Common when the gradients agree (per-sample
+        gradients early in training). ``Ĝ + Ĝᵀ`` is what the solvers see; a NaN compares false
+        (such problems go to the solvers). On the CPU the check runs on numpy arrays: a few
+        microseconds, where torch's small operations took 5-10 % of a solve at m ≤ 64.
+        """
+        if gramian.shape[0] == 0:
+            return torch.zeros(gramian.shape[0] if each else 1, dtype=torch.bool)
+        if gramian.device.type == "cpu" and gramian.dtype in (torch.float32, torch.float64):
+            g = gramian.detach().numpy()
+            weights = pref_vector.detach().to(gramian.dtype).numpy()
+            with np.errstate(invalid="ignore"):
+                sums = g + g.T
+                if each:
+                    agree = (weights == 0.0) | ((weights > 0.0) & (sums.min(axis=1) >= 0.0))
+                else:
+                    agree = np.array([(weights >= 0.0).all() and (sums @ weights >= 0.0).all()])
+            return torch.from_numpy(agree)
+        symmetric = gramian + gramian.mT
+        p = pref_vector.to(gramian.dtype)
+        if each:
+            return (p == 0.0) | ((p > 0.0) & (symmetric.amin(dim=1) >= 0.0))
+        return ((p >= 0.0).all() & (symmetric @ p >= 0.0).all()).reshape(1)
 
     def __repr__(self) -> str:
         return (

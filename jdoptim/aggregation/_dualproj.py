@@ -48,7 +48,10 @@ class DualProjWeighting(DualConeWeighting):
     def forward(self, gramian: Tensor, /) -> Tensor:
         pref_vector = self.resolve_pref_vector(gramian)
         regularized = self.regularize(gramian)
-        projection = solve_dual_cone(regularized, pref_vector.unsqueeze(0), self.solver)
+        at_bounds = self.solved_at_bounds(regularized, pref_vector, each=False)
+        projection = solve_dual_cone(
+            regularized, pref_vector.unsqueeze(0), self.solver, at_bounds=at_bounds
+        )
         return projection.squeeze(0)
 
 

@@ -50,7 +50,10 @@ class UPGradWeighting(DualConeWeighting):
     def forward(self, gramian: Tensor, /) -> Tensor:
         pref_vector = self.resolve_pref_vector(gramian)
         regularized = self.regularize(gramian)
-        projections = solve_dual_cone(regularized, torch.diag(pref_vector), self.solver)
+        at_bounds = self.solved_at_bounds(regularized, pref_vector, each=True)
+        projections = solve_dual_cone(
+            regularized, torch.diag(pref_vector), self.solver, at_bounds=at_bounds
+        )
         return projections.sum(dim=0)
 
 

@@ -18,6 +18,8 @@ import torch
 from torch import Tensor
 
 from ._closed_form import solve_closed_form
+from ._errors import not_a_gramian
+from ._jitter import jittered, ladder
 from ._preprocess import finish, prepare
 from ._quadprog import solve_with_quadprog
 from ._torch import solve_dual_cone_torch
@@ -103,7 +105,13 @@ def check_solver(solver: str) -> None:
         raise ValueError(f"`solver` must be one of {sorted(_SOLVERS)}, but got {solver!r}.")
 
 
-def solve_dual_cone(gramian: Tensor, lower_bounds: Tensor, solver: str = DEFAULT_SOLVER) -> Tensor:
+def solve_dual_cone(
+    gramian: Tensor,
+    lower_bounds: Tensor,
+    solver: str = DEFAULT_SOLVER,
+    *,
+    at_bounds: Tensor | None = None,
+) -> Tensor:
     r"""Solves :math:`v_i = \arg\min_v v^\top G v` subject to :math:`v \geq u_i`, for each row
     :math:`u_i` of ``lower_bounds``.
 
@@ -118,6 +126,9 @@ def solve_dual_cone(gramian: Tensor, lower_bounds: Tensor, solver: str = DEFAULT
         lower_bounds: ``[k, m]`` matrix whose rows are the lower bounds ``u_i``.
         solver: ``"auto"`` (the default), ``"quadprog"`` or ``"torch"``; the options are
             described once, on the documentation page of UPGrad.
+        at_bounds: ``[k]`` booleans, the problems that the caller knows to be solved by their
+            bounds (``u_i ≥ 0`` and ``G u_i ≥ 0``, the optimality condition of ``v = u_i``, which
+            also holds for ``G + δI``): they get ``u_i`` without a solver, exactly.
 
     Returns:
         ``[k, m]`` solutions, on ``gramian``'s device and with its dtype.
@@ -144,5 +155,29 @@ def solve_dual_cone(gramian: Tensor, lower_bounds: Tensor, solver: str = DEFAULT
     # (about 8 % of a solve at m = 32 to 128 on the CPU); none of them is differentiable. The
     # copy gives back a normal tensor, usable anywhere, e.g. saved by autograd later.
     with torch.inference_mode():
-        solutions = _SOLVERS[solver](gramian, lower_bounds)
+        if (
+            at_bounds is None
+            or not bool(at_bounds.any())
+            or not bool(torch.isfinite(gramian).all())  # NaN answers, from the solvers
+        ):
+            solutions = _SOLVERS[solver](gramian, lower_bounds)
+        else:
+            solutions = lower_bounds.to(device=gramian.device, dtype=gramian.dtype)
+            rows = (~at_bounds).nonzero().squeeze(1)
+            if rows.numel() > 0:
+                solutions = solutions.clone()
+                solutions[rows] = _SOLVERS[solver](gramian, lower_bounds[rows])
+            else:
+                _check_is_a_gramian(gramian, lower_bounds)  # as a solver would have
     return solutions.clone()
+
+
+def _check_is_a_gramian(gramian: Tensor, lower_bounds: Tensor) -> None:
+    """Raises :class:`DualConeSolverError` where every solver would: ``G + I`` (rescaled, the
+    last rung of the jitter ladder) not positive definite."""
+    problem = prepare(gramian, lower_bounds)
+    if isinstance(problem, Tensor):
+        return
+    last_rung = jittered(problem.gramian, ladder(problem)[-1])
+    if int(torch.linalg.cholesky_ex(last_rung)[1]) != 0:
+        raise not_a_gramian("it is not positive definite")

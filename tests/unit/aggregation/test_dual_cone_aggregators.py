@@ -7,6 +7,7 @@ Jacobian. The tests of what only one of them does are in ``test_upgrad.py`` and
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import pytest
@@ -22,7 +23,10 @@ from jdoptim.aggregation import (
     NonDifferentiableError,
     UPGrad,
     UPGradWeighting,
+    _dualproj,
+    _upgrad,
 )
+from jdoptim.aggregation._dual_cone import DualConeSolverError, _registry
 from jdoptim.aggregation._dual_cone_weighting import DualConeAggregator, DualConeWeighting
 
 
@@ -376,3 +380,88 @@ def test_invalid_arguments_are_rejected(
     cls = case.aggregator if which == "aggregator" else case.weighting
     with pytest.raises(error, match=name):
         cls(**kwargs)
+
+
+@CASES
+@pytest.mark.parametrize("solver", ["auto", "torch", "quadprog"])
+def test_weights_of_agreeing_gradients_need_no_solver(
+    monkeypatch: pytest.MonkeyPatch, case: Case, solver: str
+) -> None:
+    # Pairwise agreeing gradients (G ≥ 0): the bounds satisfy the optimality condition, so the
+    # weights are the preference vector exactly, for any m, without a QP.
+    jacobian = torch.rand(40, 8, generator=torch.Generator().manual_seed(0))
+    pref_vector = torch.rand(40, generator=torch.Generator().manual_seed(1))
+    monkeypatch.setitem(_registry._SOLVERS, solver, _no_solver)
+
+    weights = case.weighting(pref_vector, solver=solver)(jacobian @ jacobian.T)
+
+    assert torch.equal(weights, pref_vector)
+
+
+def _no_solver(gramian: Tensor, lower_bounds: Tensor) -> Tensor:
+    raise AssertionError("no solver should be needed")
+
+
+@CASES
+@pytest.mark.parametrize("solver", ["torch", "quadprog"])
+def test_weights_with_some_agreeing_gradients_equal_those_of_the_full_solve(
+    monkeypatch: pytest.MonkeyPatch, case: Case, solver: str
+) -> None:
+    # Gradients 0 and 1 conflict, 2 and 3 agree with every other; a zero and a negative
+    # preference entry: only the problems that need it go to the solver.
+    jacobian = torch.tensor(
+        [[1.0, 0.0, 0.2], [-0.6, 1.0, 0.1], [0.5, 0.9, 0.3], [0.2, 0.4, 1.0]],
+        dtype=torch.float64,
+    )
+    gramian = jacobian @ jacobian.T
+    for pref_vector in (None, torch.tensor([0.4, 0.0, -0.2, 0.5], dtype=torch.float64)):
+        weighting = case.weighting(pref_vector, solver=solver)
+        weights = weighting(gramian)
+        # The same problems, every one of them solved.
+        monkeypatch.setattr(_upgrad, "solve_dual_cone", _without_shortcut(_upgrad.solve_dual_cone))
+        monkeypatch.setattr(
+            _dualproj, "solve_dual_cone", _without_shortcut(_dualproj.solve_dual_cone)
+        )
+        expected = weighting(gramian)
+        monkeypatch.undo()
+        torch.testing.assert_close(weights, expected, rtol=0.0, atol=1e-12)
+
+
+def _without_shortcut(solve: Callable[..., Tensor]) -> Callable[..., Tensor]:
+    def solve_all(gramian: Tensor, bounds: Tensor, solver: str, **_: object) -> Tensor:
+        return solve(gramian, bounds, solver)
+
+    return solve_all
+
+
+@CASES
+def test_agreeing_matrix_that_is_not_a_gramian_still_raises(case: Case) -> None:
+    # Non-negative but far from positive semi-definite: refused as every solver refuses it.
+    matrix = torch.tensor([[1.0, 50.0], [50.0, 1.0]])
+
+    with pytest.raises(DualConeSolverError):
+        case.weighting(solver="torch")(matrix)
+
+
+@CASES
+def test_agreeing_gramian_with_a_nan_gives_nan_weights(case: Case) -> None:
+    gramian = torch.tensor([[1.0, 0.5, 0.0], [0.5, 1.0, float("nan")], [0.0, float("nan"), 1.0]])
+
+    assert torch.isnan(case.weighting()(gramian)).all()
+
+
+@CASES
+def test_bounds_check_agrees_between_numpy_and_torch(case: Case) -> None:
+    # float32 on the CPU takes numpy; bfloat16 (which numpy lacks) takes torch's operations, as
+    # on accelerators. Rows 0 and 1 conflict; p has a zero and a negative entry.
+    jacobian = torch.tensor([[1.0, 0.0], [-1.0, 2.0], [1.0, 1.0], [0.5, 0.5]])
+    gramian = jacobian @ jacobian.T
+    weighting = case.weighting()
+    for pref_vector in (torch.full((4,), 0.25), torch.tensor([0.5, 0.0, -0.25, 0.25])):
+        on_numpy = weighting.solved_at_bounds(gramian, pref_vector, each=case is UPGRAD)
+        on_torch = weighting.solved_at_bounds(
+            gramian.bfloat16(), pref_vector.bfloat16(), each=case is UPGRAD
+        )
+        assert torch.equal(on_numpy, on_torch)
+    expected = [False, True, False, True] if case is UPGRAD else [False]  # the second p
+    assert on_numpy.tolist() == expected
