@@ -47,11 +47,31 @@ def prepare(gramian: Tensor, lower_bounds: Tensor) -> Problem | Tensor:
         return torch.full_like(u, torch.nan)
     if not largest > 0.0:
         return u.clamp(min=0.0)
-    # s = 2^round(log2(G_ii) / 2), so that G_ii / s² lies in [1/2, 2].
+    g, scales = _rescaled(g, diagonal, largest)
+    return Problem(g, u * scales, scales, gramian.dtype, first_jitter(g, gramian.dtype))
+
+
+def _rescaled(g: Tensor, diagonal: Tensor, largest: float) -> tuple[Tensor, Tensor]:
+    """``S⁻¹ G S⁻¹`` and the powers of two ``s``: ``s = 2^round(log2(G_ii) / 2)``, so that
+    ``G_ii / s²`` lies in ``[1/2, 2]`` (a zero row takes the scale of the largest)."""
     exponents = torch.round(torch.log2(torch.where(diagonal > 0.0, diagonal, largest)) / 2.0)
     scales = torch.exp2(exponents)
-    g = g / scales / scales.unsqueeze(1)
-    return Problem(g, u * scales, scales, gramian.dtype, first_jitter(g, gramian.dtype))
+    return g / scales / scales.unsqueeze(1), scales
+
+
+def accepted_by_the_solvers(gramian: Tensor) -> bool:
+    """Whether the solvers accept the finite ``gramian`` rather than raise
+    :class:`DualConeSolverError`: rescaled, plus the identity (the last rung of the jitter
+    ladder, ``δ = 1``), it is positive definite; a zero Gramian needs no solver."""
+    g = gramian.detach().to(torch.float64)
+    g = (g + g.mT) / 2.0
+    diagonal = g.diagonal()
+    largest = float(diagonal.amax())
+    if not largest > 0.0:
+        return True
+    scaled, _ = _rescaled(g, diagonal, largest)
+    scaled.diagonal().add_(1.0)
+    return int(torch.linalg.cholesky_ex(scaled)[1]) == 0
 
 
 def finish(solution: Tensor, gramian: Tensor) -> Tensor:

@@ -19,8 +19,7 @@ from torch import Tensor
 
 from ._closed_form import solve_closed_form
 from ._errors import not_a_gramian
-from ._jitter import jittered, ladder
-from ._preprocess import finish, prepare
+from ._preprocess import accepted_by_the_solvers, finish, prepare
 from ._quadprog import solve_with_quadprog
 from ._torch import solve_dual_cone_torch
 
@@ -168,16 +167,6 @@ def solve_dual_cone(
                 solutions = solutions.clone()
                 solutions[rows] = _SOLVERS[solver](gramian, lower_bounds[rows])
             else:
-                _check_is_a_gramian(gramian, lower_bounds)  # as a solver would have
+                if not accepted_by_the_solvers(gramian):  # raise as a solver would have
+                    raise not_a_gramian("it is not positive definite")
     return solutions.clone()
-
-
-def _check_is_a_gramian(gramian: Tensor, lower_bounds: Tensor) -> None:
-    """Raises :class:`DualConeSolverError` where every solver would: ``G + I`` (rescaled, the
-    last rung of the jitter ladder) not positive definite."""
-    problem = prepare(gramian, lower_bounds)
-    if isinstance(problem, Tensor):
-        return
-    last_rung = jittered(problem.gramian, ladder(problem)[-1])
-    if int(torch.linalg.cholesky_ex(last_rung)[1]) != 0:
-        raise not_a_gramian("it is not positive definite")
