@@ -5,6 +5,7 @@ table, with batch_dim 0, 1 and None; none of them is replayed."""
 from __future__ import annotations
 
 import warnings
+from typing import Any
 
 import pytest
 import torch
@@ -15,6 +16,7 @@ from hypothesis import strategies as st
 from torch import Tensor, nn
 
 import jdoptim.autogram._gramian as gramian_module
+import jdoptim.autogram._tied as tied_module
 from jdoptim.autogram import Engine
 from jdoptim.autogram._tied import _cross_linear, _Use
 
@@ -242,3 +244,34 @@ def test_tied_head_on_non_contiguous_tokens() -> None:
         gramian = engine.compute_gramian(losses)
     assert [str(warning.message) for warning in caught] == []
     torch.testing.assert_close(gramian, explicit_gramian(losses, trainable(model)), **TOLERANCE)
+
+
+@pytest.mark.usefixtures("no_replay")
+@pytest.mark.parametrize("form", ["per-row gradients", "pairs of positions"])
+@pytest.mark.parametrize("padding_idx", [None, 0])
+@pytest.mark.parametrize("batch_dim", [0, 1, None])
+def test_both_forms_of_the_embedding_head_cross_term(
+    monkeypatch: pytest.MonkeyPatch, form: str, padding_idx: int | None, batch_dim: int | None
+) -> None:
+    # Both forms against the explicit Gramian; the pairs of positions here by blocks of one row
+    # (the budget: the largest of the calls' tensors, 528 entries, against 288 pairs per row).
+    if form == "pairs of positions":
+        monkeypatch.setattr(tied_module, "_KERNEL_PREFERENCE", 1e9)
+    else:
+        monkeypatch.setattr(tied_module, "_KERNEL_PREFERENCE", 0.0)
+    calls: list[str] = []
+    by_pairs = tied_module._cross_with_head_by_pairs
+
+    def counted(*args: Any) -> Tensor:
+        calls.append("pairs")
+        return by_pairs(*args)
+
+    monkeypatch.setattr(tied_module, "_cross_with_head_by_pairs", counted)
+    torch.manual_seed(0)
+    model = TiedLM(11, padding_idx, head_bias=False).double()
+    engine = Engine(model, batch_dim=batch_dim)
+    tokens = torch.randint(0, 11, (4, 6))
+    tokens[0, :2] = 0  # the padding token, where there is one
+    losses = _lm_losses(model, tokens, tasks=True)
+    _check(model, losses.T if batch_dim == 1 else losses, engine)
+    assert bool(calls) == (form == "pairs of positions")
