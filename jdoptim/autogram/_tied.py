@@ -175,6 +175,7 @@ def _cross_with_embedding(first: _Use, second: _Use, batched: bool) -> Tensor:
         other_flat, other_ids = embedding_rows(other.module, other.x, other.delta, batched)
         table_rows = torch.unique(torch.cat([ids.reshape(-1), other_ids.reshape(-1)]))
         budget = max(flat.numel(), other_flat.numel())
+        dtype = flat.dtype
     else:
         table_rows = torch.unique(ids)
         x, delta = _linear_rows(other, batched)
@@ -186,7 +187,6 @@ def _cross_with_embedding(first: _Use, second: _Use, batched: bool) -> Tensor:
         if kernel_cost <= _KERNEL_PREFERENCE * per_row_cost:
             cross = _cross_with_head_by_pairs(flat, ids, x, delta, dtype, budget)
             return cross.T if swapped else cross
-    dtype = flat.dtype if other.is_embedding else torch.promote_types(flat.dtype, delta.dtype)
     cross = flat.new_zeros(size, size, dtype=dtype)
     # By blocks of table rows, so that the per-row gradients take no more memory than the
     # calls' own tensors.

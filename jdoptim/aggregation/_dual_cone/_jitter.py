@@ -48,8 +48,11 @@ from ._problem import Problem
 # Smallest first rung of a numerically singular G: below it, rounding in float64 solves is
 # amplified by more than 1 / (10⁶) in the directions where G vanishes.
 _MIN_JITTER = 1e6 * torch.finfo(torch.float64).eps
-# Each rung is this many times the previous one, up to 1.
+# Each rung is this many times the previous one, up to the last.
 _RUNG_FACTOR = 100.0
+#: The last rung: ``G + I`` is well conditioned for every positive semi-definite ``G`` (with a
+#: diagonal in ``[1/2, 2]``); a matrix that is not positive definite there is not a Gramian.
+LAST_RUNG = 1.0
 
 
 class Attempt(NamedTuple):
@@ -98,10 +101,10 @@ def ladder(problem: Problem) -> tuple[float, ...]:
     first = problem.first_jitter
     jitter = first * _RUNG_FACTOR if first > 0.0 else _MIN_JITTER
     rungs = [first]
-    while jitter < 1.0:
+    while jitter < LAST_RUNG:
         rungs.append(jitter)
         jitter *= _RUNG_FACTOR
-    rungs.append(1.0)
+    rungs.append(LAST_RUNG)
     return tuple(rungs)
 
 
@@ -113,7 +116,8 @@ def jittered(gramian: Tensor, jitter: float) -> Tensor:
     return gramian + jitter * identity
 
 
-def _is_positive_definite(gramian: Tensor) -> bool:
+def is_positive_definite(gramian: Tensor) -> bool:
+    """Whether the Cholesky factorisation of ``gramian`` succeeds."""
     return bool(torch.linalg.cholesky_ex(gramian)[1] == 0)
 
 
@@ -130,7 +134,7 @@ def solve_on_ladder(problem: Problem, core: Core, polish: Polish | None) -> Atte
     for jitter in rungs:
         gramian = jittered(problem.gramian, jitter)
         # A zero first rung was chosen because G - τI is positive definite: no check needed.
-        if jitter > 0.0 and not _is_positive_definite(gramian):
+        if jitter > 0.0 and not is_positive_definite(gramian):
             continue
         first = gramian if first is None else first
         attempt = core(gramian, problem.lower_bounds)

@@ -26,18 +26,17 @@ import math
 import torch
 from torch import Tensor
 
-from ._jitter import first_jitter
+from ._jitter import LAST_RUNG, first_jitter, is_positive_definite, jittered
 from ._problem import Problem
 
 
 def prepare(gramian: Tensor, lower_bounds: Tensor) -> Problem | Tensor:
     """The problem in the form every solver takes, or its float64 answer when none is needed."""
-    g = gramian.detach().to(torch.float64)
     u = lower_bounds.detach().to(device=gramian.device, dtype=torch.float64)
     k, m = u.shape
     if k == 0 or m == 0:
         return torch.zeros_like(u)
-    g = (g + g.mT) / 2.0
+    g = _symmetric(gramian)
     diagonal = g.diagonal()
     # One synchronisation for the three checks: NaN and inf propagate through the maxima.
     largest_entry, largest_bound, largest = torch.stack(
@@ -61,17 +60,21 @@ def _rescaled(g: Tensor, diagonal: Tensor, largest: float) -> tuple[Tensor, Tens
 
 def accepted_by_the_solvers(gramian: Tensor) -> bool:
     """Whether the solvers accept the finite ``gramian`` rather than raise
-    :class:`DualConeSolverError`: rescaled, plus the identity (the last rung of the jitter
-    ladder, ``δ = 1``), it is positive definite; a zero Gramian needs no solver."""
-    g = gramian.detach().to(torch.float64)
-    g = (g + g.mT) / 2.0
+    :class:`DualConeSolverError`: rescaled, it is positive definite on the last rung of the
+    jitter ladder; a zero Gramian needs no solver."""
+    g = _symmetric(gramian)
     diagonal = g.diagonal()
     largest = float(diagonal.amax())
     if not largest > 0.0:
         return True
     scaled, _ = _rescaled(g, diagonal, largest)
-    scaled.diagonal().add_(1.0)
-    return int(torch.linalg.cholesky_ex(scaled)[1]) == 0
+    return is_positive_definite(jittered(scaled, LAST_RUNG))
+
+
+def _symmetric(gramian: Tensor) -> Tensor:
+    """``(G + Gᵀ) / 2`` in float64, the matrix every solver sees."""
+    g = gramian.detach().to(torch.float64)
+    return (g + g.mT) / 2.0
 
 
 def finish(solution: Tensor, gramian: Tensor) -> Tensor:

@@ -166,7 +166,6 @@ def solve_dual_cone(
             if rows.numel() > 0:
                 solutions = solutions.clone()
                 solutions[rows] = _SOLVERS[solver](gramian, lower_bounds[rows])
-            else:
-                if not accepted_by_the_solvers(gramian):  # raise as a solver would have
-                    raise not_a_gramian("it is not positive definite")
+            elif not accepted_by_the_solvers(gramian):  # raise as a solver would have
+                raise not_a_gramian("it is not positive definite")
     return solutions.clone()
