@@ -26,7 +26,8 @@ definite Gramians) emits a ``RuntimeWarning`` and returns the current feasible i
 On the CPU the first split is guessed by a few ADMM steps on all problems at once (cheap
 ``[k, m] × [m, m]`` products with one shared ``(G + ρI)⁻¹``, see :mod:`._guess`), which usually
 leaves one or two pivoting steps; each split is solved through the smaller of
-``G_FF`` and the active block of ``G⁻¹`` (see :mod:`._torch_blocks`), the problems in chunks
+``G_FF`` and the active block of ``G⁻¹`` (see :mod:`._torch_blocks`; the largest blocks in
+single precision, refined to double precision's accuracy), the problems in chunks
 shared by the threads torch may use (see :mod:`._threads`). A singular ``G`` goes
 through the jitter ladder of :mod:`._jitter`; this pivoting, started from the free sets of an
 answer found on a coarser rung, is also how every solver's answer is polished back to the first.

@@ -142,7 +142,12 @@ def test_structured_gramians_satisfy_the_kkt_conditions(
 
     v = solve_dual_cone(gramian, lower_bounds, solver)
 
-    # Each row j relative to its own scale: |(G v)_j| ≤ Σ_l |G_jl| |v_l|.
+    _assert_kkt(v, gramian, lower_bounds)
+
+
+def _assert_kkt(v: Tensor, gramian: Tensor, lower_bounds: Tensor) -> None:
+    """``v ≥ u``, ``G v ≥ 0`` and ``(G v)_j = 0`` where ``v_j > u_j``, each row ``j`` relative
+    to its own scale: ``|(G v)_j| ≤ Σ_l |G_jl| |v_l|``."""
     gradient = v @ gramian
     scale = v.abs() @ gramian.abs()
     tolerance = RELATIVE_TOLERANCE * scale + 1e-300
@@ -365,3 +370,101 @@ def test_threads_solving_at_once_get_their_own_results() -> None:
     for index, solutions in results.items():
         assert all(torch.equal(solution, expected[index]) for solution in solutions)
     assert sorted(results) == [0, 1, 2, 3]
+
+
+def _solve_both_ways(
+    monkeypatch: pytest.MonkeyPatch, gramian: Tensor, lower_bounds: Tensor
+) -> tuple[Tensor, Tensor, list[int]]:
+    """The torch solver's answers with every block in double precision, then with every block
+    factorised in single precision and refined, and the numbers of problems the latter solved
+    again in double precision."""
+    monkeypatch.setattr(_torch_blocks, "_MIXED_PRECISION_MIN_BLOCK", 10**9)
+    double = solve_dual_cone_torch(gramian, lower_bounds)
+    monkeypatch.setattr(_torch_blocks, "_MIXED_PRECISION_MIN_BLOCK", 1)
+    mixed_calls: list[int] = []
+    again: list[int] = []
+    solve_blocks = _torch_blocks.CompactSolver._solve_blocks
+    solve_blocks_mixed = _torch_blocks.CompactSolver._solve_blocks_mixed
+
+    def recording(
+        self: _torch_blocks.CompactSolver,
+        lower_bounds: Tensor,
+        free: Tensor,
+        block: Tensor,
+        through_active: Tensor,
+        double_only: bool = False,
+    ) -> Tensor:
+        if double_only:
+            again.append(lower_bounds.shape[0])
+        return solve_blocks(self, lower_bounds, free, block, through_active, double_only)
+
+    def recording_mixed(self: _torch_blocks.CompactSolver, *args: Tensor) -> Tensor:
+        mixed_calls.append(args[0].shape[0])
+        return solve_blocks_mixed(self, *args)
+
+    monkeypatch.setattr(_torch_blocks.CompactSolver, "_solve_blocks", recording)
+    monkeypatch.setattr(_torch_blocks.CompactSolver, "_solve_blocks_mixed", recording_mixed)
+    mixed = solve_dual_cone_torch(gramian, lower_bounds)
+    assert sum(mixed_calls) >= lower_bounds.shape[0]  # every problem went through it
+    return double, mixed, again
+
+
+@pytest.mark.parametrize("columns", [24, 48, 96])
+def test_single_precision_blocks_refined_match_double_precision(
+    monkeypatch: pytest.MonkeyPatch, columns: int
+) -> None:
+    # Rank-deficient (24 < m), square-ish and full-rank Jacobians: both paths (G_FF and K_AA).
+    generator = torch.Generator().manual_seed(columns)
+    jacobian = torch.randn(48, columns, generator=generator, dtype=torch.float64)
+    gramian = _regularized_gramian(jacobian, 1e-4)
+    lower_bounds = torch.eye(48, dtype=torch.float64) / 48
+
+    double, mixed, again = _solve_both_ways(monkeypatch, gramian, lower_bounds)
+
+    # The refinement reaches the residual of a double-precision solve, with no problem left
+    # to solve again: the answers agree to the accuracy of double precision.
+    assert again == []
+    torch.testing.assert_close(mixed, double, rtol=1e-10, atol=1e-13)
+    expected = solve_dual_cone(gramian, lower_bounds, "quadprog")
+    _assert_relatively_close(mixed, expected, lower_bounds)
+
+
+def test_blocks_too_ill_conditioned_for_single_precision_are_solved_in_double(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Condition number 1e10: float32 can neither factorise nor refine such blocks.
+    generator = torch.Generator().manual_seed(7)
+    basis, _ = torch.linalg.qr(torch.randn(32, 32, generator=generator, dtype=torch.float64))
+    spectrum = torch.logspace(0, -10, 32, dtype=torch.float64)
+    gramian = basis @ torch.diag(spectrum) @ basis.T
+    gramian = (gramian + gramian.T) / 2
+    lower_bounds = torch.eye(32, dtype=torch.float64) / 32
+
+    double, mixed, again = _solve_both_ways(monkeypatch, gramian, lower_bounds)
+
+    # Some problems were solved again in double precision: the answers are those of the double
+    # path up to its own rounding (about cond(G) ε₆₄ = 2e-6 here), and optimal.
+    assert sum(again) > 0
+    torch.testing.assert_close(mixed, double, rtol=1e-5, atol=1e-8)
+    _assert_kkt(mixed, gramian, lower_bounds)
+
+
+@settings(max_examples=max(1, EXAMPLES // 2), derandomize=not THOROUGH)
+@given(
+    m=st.integers(min_value=3, max_value=64),
+    structure=st.sampled_from(("rank_deficient", "ill_conditioned", "duplicated_rows", "zero")),
+    reg_eps=st.sampled_from((1e-4, 0.0)),
+    seed=st.integers(min_value=0, max_value=2**31 - 1),
+)
+def test_single_precision_blocks_satisfy_the_kkt_conditions(
+    m: int, structure: str, reg_eps: float, seed: int
+) -> None:
+    generator = torch.Generator().manual_seed(seed)
+    gramian = _regularized_gramian(_structured_jacobian(m, structure, generator), reg_eps)
+    lower_bounds = _lower_bounds("upgrad", m, generator)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(_torch_blocks, "_MIXED_PRECISION_MIN_BLOCK", 1)
+        v = solve_dual_cone(gramian, lower_bounds, "torch")
+
+    _assert_kkt(v, gramian, lower_bounds)
