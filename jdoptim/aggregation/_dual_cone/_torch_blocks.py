@@ -332,7 +332,7 @@ class CompactSolver:
         residual of a double-precision solve. Those whose float32 factorisation fails or that
         are not there after ``_MAX_REFINEMENTS`` steps are solved in double precision. Only the
         residual needs double precision: the other products read float32 copies of ``G`` and
-        ``K``, half the memory traffic (they dominate the time left at m = 1024)."""
+        ``K``, half the memory traffic."""
         assert self.stacked_single is not None
         m = self.m
         single = self.stacked_single.view(2, 2 * m, 2 * m)
