@@ -160,16 +160,20 @@ class CompactSolver:
         self.inverse = inverse
         stacked[1, :m, :m] = inverse
         self.stacked = stacked.reshape(-1)
-        #: The same in float32 for the blocks factorised in single precision (large ones only),
-        #: and the residual of a solve as accurate as a double-precision one (backward stable):
-        #: ``‖r‖∞ ≤ √m ε ‖G‖∞ ‖v‖∞``, the test of LAPACK's mixed-precision ``dsposv``.
+        #: The same in float32 for the blocks factorised in single precision (made by
+        #: :meth:`solve` when the first such block comes), and the residual of a solve as
+        #: accurate as a double-precision one (backward stable): ``‖r‖∞ ≤ √m ε ‖G‖∞ ‖v‖∞``, the
+        #: test of LAPACK's mixed-precision ``dsposv``.
         self.stacked_single: Tensor | None = None
         self.residual_bound = 0.0
-        if gramian.device.type == "cpu" and m >= _MIXED_PRECISION_MIN_BLOCK:
-            single = _workspace("stacked_single", 8 * m * m, torch.float32, gramian.device)
-            self.stacked_single = single.copy_(self.stacked)
-            norm = float(gramian.abs().sum(dim=1).amax())
-            self.residual_bound = math.sqrt(m) * torch.finfo(gramian.dtype).eps * norm
+
+    def _prepare_single_precision(self) -> None:
+        """Makes the float32 copy of the stacked matrices and the residual bound."""
+        m, gramian = self.m, self.gramian
+        single = _workspace("stacked_single", 8 * m * m, torch.float32, gramian.device)
+        self.stacked_single = single.copy_(self.stacked)
+        norm = float(gramian.abs().sum(dim=1).amax())
+        self.residual_bound = math.sqrt(m) * torch.finfo(gramian.dtype).eps * norm
 
     def _factorize(
         self, offsets: Tensor, rows: Tensor, stacked: Tensor | None = None
@@ -219,6 +223,12 @@ class CompactSolver:
         sizes = torch.where(through_active, self.m - free_count, free_count)
         size = max(1, int(sizes.max()))
         count = rows.shape[0]
+        if (
+            self.stacked_single is None
+            and size >= _MIXED_PRECISION_MIN_BLOCK
+            and self.gramian.device.type == "cpu"
+        ):
+            self._prepare_single_precision()  # here, before the threads share the chunks
         per_chunk = max(_MIN_CHUNK_PROBLEMS, _CHUNK_ENTRIES // (size * size))
         chunks = -(-count // per_chunk)
         if self.gramian.device.type == "cpu" and count * size**3 >= _MIN_PARALLEL_WORK:
