@@ -31,7 +31,10 @@ its range, and falls back to the ladder only if that fails.) The rungs after the
 for the solvers: when a solver succeeds on a later rung, the
 answer is *polished* back to the first one by the torch solver's pivoting started from that
 answer's free indices (a primal method that needs no inverse of ``G``), so that the guarantee
-above holds whichever solver ran.
+above holds whichever solver ran. A numerically singular ``G`` (first rung ``δ₀``) is solved on
+the well-conditioned rung ``10⁻⁴`` first and polished down to ``δ₀`` the same way: on ``δ₀``
+itself the pivoting stalls and its fallback moves one index per step (seconds to minutes from
+m = 256 on).
 """
 
 from __future__ import annotations
@@ -50,6 +53,9 @@ from ._problem import Problem
 _MIN_JITTER = 1e6 * torch.finfo(torch.float64).eps
 # Each rung is this many times the previous one, up to the last.
 _RUNG_FACTOR = 100.0
+#: The rung on which a numerically singular ``G`` is solved first (see :func:`_warm_started`):
+#: about the regularisation UPGrad and DualProj add by default, where the solvers are fast.
+WARM_START_JITTER = 1e-4
 #: The last rung: ``G + I`` is well conditioned for every positive semi-definite ``G`` (with a
 #: diagonal in ``[1/2, 2]``); a matrix that is not positive definite there is not a Gramian.
 LAST_RUNG = 1.0
@@ -126,7 +132,14 @@ def solve_on_ladder(problem: Problem, core: Core, polish: Polish | None) -> Atte
     polished back to the first. Rungs where ``G + δI`` is not positive definite are skipped, so
     that no solver is given a non-convex problem. Raises :class:`DualConeSolverError` if every
     rung fails (only for a matrix far from positive semi-definite); a last attempt that is
-    finite but did not converge (the torch solver's cap on its steps) is returned as it is."""
+    finite but did not converge (the torch solver's cap on its steps) is returned as it is.
+
+    A numerically singular ``G`` is first solved on the well-conditioned rung
+    ``WARM_START_JITTER`` and polished back to its first rung (see :func:`_warm_started`)."""
+    if polish is not None and 0.0 < problem.first_jitter <= WARM_START_JITTER / _RUNG_FACTOR:
+        warm = _warm_started(problem, core, polish)
+        if warm is not None:
+            return warm
     rungs = ladder(problem)
     iterations = 0
     attempt: Attempt | None = None
@@ -152,3 +165,33 @@ def solve_on_ladder(problem: Problem, core: Core, polish: Polish | None) -> Atte
     if bool(torch.isfinite(attempt.solution).all()):
         return Attempt(attempt.solution, iterations, False)
     raise not_a_gramian("no jitter made it solvable")
+
+
+def _warm_started(problem: Problem, core: Core, polish: Polish) -> Attempt | None:
+    """The answer on the first rung of a numerically singular ``G``, solved first on the rung
+    ``WARM_START_JITTER`` and polished from there (the pivoting started from its free sets), or
+    None if either fails (then the ladder runs from its first rung).
+
+    On the first rung (``G + δ₀I``, a condition number of about ``10¹⁰``) the guess of the free
+    sets is poor and the pivoting stalls, leaving the active-set method to move one index per
+    step: measured on a 2-core CPU (UPGrad's programs, Gramians of random ``[m, n]`` Jacobians,
+    ``reg_eps = 0``), 2.7 s at ``[256, 128]``, 23 s at ``[512, 256]`` and more than 150 s at
+    ``[768, 300]``. On ``G + 10⁻⁴I`` the pivoting mostly converges in a few steps, and the
+    free sets it finds are those of the first rung but for a few: 0.3, 1.8 and 4.7 s there,
+    0.1 to 0.8 s at ``[256, 200]``, ``[384, 100]``, ``[512, 128]`` and ``[512, 400]``. Over
+    twelve more Gramians (``[128, 64]``, ``[160, 40]``, ``[192, 96]``, four seeds each) it took
+    0.04 to 1.5 s instead of 0.07 to 3.2 s: 1.1 to 14 × faster but once (1.46 against 1.29 s,
+    where both rungs needed the active-set method). Going down in more rungs is slower (started
+    from the free sets of ``G + 10⁻³I``, the pivoting on ``G + 10⁻⁴I`` stalled). Where the
+    polish does not converge, the ladder runs as before."""
+    warm = jittered(problem.gramian, WARM_START_JITTER)
+    if not is_positive_definite(warm):
+        return None
+    attempt = core(warm, problem.lower_bounds)
+    if not attempt.succeeded:
+        return None
+    first = jittered(problem.gramian, problem.first_jitter)
+    polished = polish(first, problem.lower_bounds, attempt.solution)
+    if not polished.succeeded:
+        return None
+    return Attempt(polished.solution, attempt.iterations + polished.iterations, True)
