@@ -53,7 +53,7 @@ _MIN_PARALLEL_WORK = 8_000_000
 _ONE_THREAD_EACH_WORK = 100_000_000
 
 #: Smallest block factorised in single precision, then refined in double (see
-#: ``CompactSolver._solve_blocks_mixed``). The float32 factorisation is the faster from blocks of
+#: ``CompactSolver._solve_blocks``). The float32 factorisation is the faster from blocks of
 #: a few hundred (measured on a 2-core CPU, batched ``cholesky_ex``, one thread: 1.0 × float64's
 #: time at blocks of 118, 2.3 × faster at 236, 1.7 × at 472), but the refinement's products
 #: with ``G`` and ``K`` (two or three per step, reading the whole matrix for each chunk of
@@ -290,80 +290,64 @@ class CompactSolver:
         double_only: bool = False,
     ) -> Tensor:
         """Solves each problem through its ``block``: ``G_FF`` where ``through_active`` is false
-        (``G_FF v_F = -G_FA u_A``), else ``K_AA`` (``v = K_{:A} K_AA⁻¹ u_A``). Large blocks are
-        factorised in single precision and refined (unless ``double_only``)."""
-        if (
+        (``G_FF v_F = -G_FA u_A``), else ``K_AA`` (``v = K_{:A} K_AA⁻¹ u_A``).
+
+        Blocks of ``_MIXED_PRECISION_MIN_BLOCK`` rows or more (unless ``double_only``) are
+        factorised in single precision, then refined in double precision as LAPACK's ``dsposv``
+        does for one system: each step computes the residual ``r_F = (G v)_F`` in float64 and
+        subtracts the correction ``G_FF⁻¹ r_F``, computed in float32 (through the factor of
+        ``G_FF``, or of ``K_AA`` by ``G_FF⁻¹ = K_FF − K_FA K_AA⁻¹ K_AF``, with float32 copies of
+        ``G`` and ``K``: half the memory traffic). The error shrinks by about ``cond(block) ·
+        ε₃₂`` per step; a problem stops once ``‖r_F‖∞ ≤ √m ε₆₄ ‖G‖∞ ‖v‖∞``, the residual of a
+        double-precision solve, and those whose float32 factorisation fails or that are not
+        there after ``_MAX_REFINEMENTS`` steps are solved again in double precision. In double
+        precision, the same correction is applied once to the ``K_AA`` path where ``K`` may be
+        inaccurate (``refine``)."""
+        single = (
             not double_only
             and self.stacked_single is not None
             and int(block.sum(dim=1).amax()) >= _MIXED_PRECISION_MIN_BLOCK
-        ):
-            return self._solve_blocks_mixed(lower_bounds, free, block, through_active)
-        m = self.m
-        order, valid = _leading_indices(block)
-        padded = torch.where(valid, order, m + self.slots[: order.shape[1]])
-        offsets = torch.where(through_active, (2 * m) ** 2, 0).view(-1, 1).to(self.index_dtype)
-        factor, success = self._factorize(offsets, padded)
-        fixed = torch.where(free, 0.0, lower_bounds)
-        # Right-hand sides: -(G u_A)_F through G_FF, u_A through K_AA.
-        residual = torch.where(through_active.unsqueeze(1), lower_bounds, -(fixed @ self.gramian))
-        rhs = torch.where(valid, residual.gather(1, order), 0.0)
-        values = _cholesky_solve(rhs, factor)
-        # On the G_FF path the values are v_F; on the K_AA path the multipliers of v = K_{:A} λ_A.
-        on_block = _assemble(torch.zeros_like(lower_bounds), order, valid, values)
-        solution = torch.where(
-            through_active.unsqueeze(1),
-            torch.where(free, on_block @ self.inverse, lower_bounds),
-            torch.where(free, on_block, lower_bounds),
         )
-        if self.refine and bool(through_active.any()):
-            # Refinement of the K_AA path: v_F -= G_FF⁻¹ r_F with r_F = (G v)_F and
-            # G_FF⁻¹ = K_FF - K_FA K_AA⁻¹ K_AF.
-            correction_rows = through_active.unsqueeze(1) & free
-            residual = torch.where(correction_rows, solution @ self.gramian, 0.0)
-            spread = residual @ self.inverse
-            rhs = torch.where(valid, spread.gather(1, order), 0.0)
-            multipliers = _cholesky_solve(rhs, factor)
-            back = _assemble(torch.zeros_like(lower_bounds), order, valid, multipliers)
-            correction = spread - back @ self.inverse
-            solution = torch.where(correction_rows, solution - correction, solution)
-        # A singular block (G itself singular): NaN makes the caller jitter G.
-        return torch.where(success.unsqueeze(1), solution, torch.nan)
-
-    def _solve_blocks_mixed(
-        self, lower_bounds: Tensor, free: Tensor, block: Tensor, through_active: Tensor
-    ) -> Tensor:
-        """:meth:`_solve_blocks` with each block factorised in single precision, then iterative
-        refinement in double precision, as LAPACK's ``dsposv`` does for one system.
-
-        Each step computes the residual ``r_F = (G v)_F`` in float64 and subtracts the
-        correction ``G_FF⁻¹ r_F``, computed in float32 (through the factor of ``G_FF``, or of
-        ``K_AA`` by ``G_FF⁻¹ = K_FF − K_FA K_AA⁻¹ K_AF``). The error shrinks by about
-        ``cond(block) · ε₃₂`` per step; a problem stops once ``‖r_F‖∞ ≤ √m ε₆₄ ‖G‖∞ ‖v‖∞``, the
-        residual of a double-precision solve. Those whose float32 factorisation fails or that
-        are not there after ``_MAX_REFINEMENTS`` steps are solved in double precision. Only the
-        residual needs double precision: the other products read float32 copies of ``G`` and
-        ``K``, half the memory traffic."""
-        assert self.stacked_single is not None
         m = self.m
-        single = self.stacked_single.view(2, 2 * m, 2 * m)
-        gramian_single, inverse_single = single[0, :m, :m], single[1, :m, :m]
         order, valid = _leading_indices(block)
         padded = torch.where(valid, order, m + self.slots[: order.shape[1]])
         offsets = torch.where(through_active, (2 * m) ** 2, 0).view(-1, 1).to(self.index_dtype)
-        factor, success = self._factorize(offsets, padded, self.stacked_single)
+        factor, success = self._factorize(offsets, padded, self.stacked_single if single else None)
+        gramian, inverse = self.gramian, self.inverse
+        if single:
+            assert self.stacked_single is not None
+            stacked = self.stacked_single.view(2, 2 * m, 2 * m)
+            gramian, inverse = stacked[0, :m, :m], stacked[1, :m, :m]
         active_path = through_active.unsqueeze(1)
 
-        def on_blocks(rhs: Tensor) -> Tensor:
-            """``block⁻¹ rhs_block`` through the float32 factors, in place of ``rhs_block``."""
-            gathered = torch.where(valid, rhs.gather(1, order), 0.0)
+        def through_blocks(right: Tensor) -> Tensor:
+            """``G_FF⁻¹ right_F`` on the ``G_FF`` path, ``K_{:A} K_AA⁻¹ right_A`` on the other
+            (``right`` in the factors' dtype)."""
+            gathered = torch.where(valid, right.gather(1, order), 0.0)
             values = _cholesky_solve(gathered, factor)
-            return _assemble(torch.zeros_like(rhs), order, valid, values)
+            on_block = _assemble(torch.zeros_like(right), order, valid, values)
+            return torch.where(active_path, on_block @ inverse, on_block)
 
-        # As in _solve_blocks: -(G u_A)_F through G_FF; u_A through K_AA, then v = K_{:A} λ_A.
-        fixed = torch.where(free, 0.0, lower_bounds).float()
-        first = on_blocks(torch.where(active_path, lower_bounds.float(), -(fixed @ gramian_single)))
-        first = torch.where(active_path, first @ inverse_single, first)
+        def correction(residual: Tensor) -> Tensor:
+            """``G_FF⁻¹ r_F`` for the residuals ``r_F = (G v)_F`` (float64) of the solutions."""
+            spread = residual.to(factor.dtype)
+            spread = torch.where(active_path, spread @ inverse, spread)
+            back = through_blocks(spread)
+            return torch.where(active_path, spread - back, back).double()
+
+        # Right-hand sides: -(G u_A)_F through G_FF, u_A through K_AA.
+        fixed = torch.where(free, 0.0, lower_bounds).to(factor.dtype)
+        first = through_blocks(
+            torch.where(active_path, lower_bounds.to(factor.dtype), -(fixed @ gramian))
+        )
         solution = torch.where(free, first.double(), lower_bounds)
+        if not single:
+            if self.refine and bool(through_active.any()):
+                rows = active_path & free
+                residual = torch.where(rows, solution @ self.gramian, 0.0)
+                solution = torch.where(rows, solution - correction(residual), solution)
+            # A singular block (G itself singular): NaN makes the caller jitter G.
+            return torch.where(success.unsqueeze(1), solution, torch.nan)
         refined = torch.zeros_like(success)
         for _ in range(_MAX_REFINEMENTS + 1):
             residual = torch.where(free, solution @ self.gramian, 0.0)
@@ -372,14 +356,8 @@ class CompactSolver:
             pending = success & ~refined
             if not bool(pending.any()):
                 break
-            # G_FF⁻¹ r_F: directly, or as K r − K_{:A} K_AA⁻¹ (K r)_A.
-            spread = residual.float()
-            spread = torch.where(active_path, spread @ inverse_single, spread)
-            back = on_blocks(spread)
-            correction = torch.where(active_path, spread - back @ inverse_single, back)
-            solution = torch.where(
-                pending.unsqueeze(1) & free, solution - correction.double(), solution
-            )
+            rows = pending.unsqueeze(1) & free
+            solution = torch.where(rows, solution - correction(residual), solution)
         again = (~(success & refined)).nonzero().squeeze(1)
         if again.numel() > 0:
             solution[again] = self._solve_blocks(

@@ -382,10 +382,10 @@ def _solve_both_ways(
     monkeypatch.setattr(_torch_blocks, "_MIXED_PRECISION_MIN_BLOCK", 10**9)
     double = solve_dual_cone_torch(gramian, lower_bounds)
     monkeypatch.setattr(_torch_blocks, "_MIXED_PRECISION_MIN_BLOCK", 1)
-    mixed_calls: list[int] = []
+    factorised: list[torch.dtype] = []
     again: list[int] = []
     solve_blocks = _torch_blocks.CompactSolver._solve_blocks
-    solve_blocks_mixed = _torch_blocks.CompactSolver._solve_blocks_mixed
+    factorize = _torch_blocks.CompactSolver._factorize
 
     def recording(
         self: _torch_blocks.CompactSolver,
@@ -399,14 +399,20 @@ def _solve_both_ways(
             again.append(lower_bounds.shape[0])
         return solve_blocks(self, lower_bounds, free, block, through_active, double_only)
 
-    def recording_mixed(self: _torch_blocks.CompactSolver, *args: Tensor) -> Tensor:
-        mixed_calls.append(args[0].shape[0])
-        return solve_blocks_mixed(self, *args)
+    def recording_factorize(
+        self: _torch_blocks.CompactSolver,
+        offsets: Tensor,
+        rows: Tensor,
+        stacked: Tensor | None = None,
+    ) -> tuple[Tensor, Tensor]:
+        factor, success = factorize(self, offsets, rows, stacked)
+        factorised.append(factor.dtype)
+        return factor, success
 
     monkeypatch.setattr(_torch_blocks.CompactSolver, "_solve_blocks", recording)
-    monkeypatch.setattr(_torch_blocks.CompactSolver, "_solve_blocks_mixed", recording_mixed)
+    monkeypatch.setattr(_torch_blocks.CompactSolver, "_factorize", recording_factorize)
     mixed = solve_dual_cone_torch(gramian, lower_bounds)
-    assert sum(mixed_calls) >= lower_bounds.shape[0]  # every problem went through it
+    assert factorised[0] == torch.float32  # the first blocks went through single precision
     return double, mixed, again
 
 
@@ -490,8 +496,7 @@ def test_singular_gramians_are_solved_from_a_regularised_rung(
     assert warm.iterations <= 20 < 60 <= cold.iterations  # 9 and 86 when measured
     # The same problem (G + δ₀ I) solved both ways: the same answer, and optimal.
     torch.testing.assert_close(warm.solution, cold.solution, rtol=1e-6, atol=1e-9)
-    v = warm.solution
-    gradient = v @ gramian
-    scale = v.abs().sum(dim=1, keepdim=True)
-    assert (v >= lower_bounds).all()
-    assert (gradient >= -1e-9 * scale).all()
+    _assert_kkt(warm.solution, gramian, lower_bounds)
+    # Non-conflict as reg_eps = 0 promises it: (G v)_j ≥ -1e-9 ‖v‖₁.
+    scale = warm.solution.abs().sum(dim=1, keepdim=True)
+    assert (warm.solution @ gramian >= -1e-9 * scale).all()
