@@ -31,10 +31,10 @@ its range, and falls back to the ladder only if that fails.) The rungs after the
 for the solvers: when a solver succeeds on a later rung, the
 answer is *polished* back to the first one by the torch solver's pivoting started from that
 answer's free indices (a primal method that needs no inverse of ``G``), so that the guarantee
-above holds whichever solver ran. A numerically singular ``G`` (first rung ``δ₀``) is solved on
-the well-conditioned rung ``10⁻⁴`` first and polished down to ``δ₀`` the same way: on ``δ₀``
-itself the pivoting stalls and its fallback moves one index per step (seconds to minutes from
-m = 256 on).
+above holds whichever solver ran. A numerically singular ``G`` (first rung ``δ₀``) of 64
+objectives or more is solved on the well-conditioned rung ``10⁻⁴`` first and polished down to
+``δ₀`` the same way: on ``δ₀`` itself the pivoting stalls and its fallback moves one index per
+step (seconds to minutes from m = 256 on).
 """
 
 from __future__ import annotations
@@ -56,6 +56,10 @@ _RUNG_FACTOR = 100.0
 #: The rung on which a numerically singular ``G`` is solved first (see :func:`_warm_started`):
 #: about the regularisation UPGrad and DualProj add by default, where the solvers are fast.
 WARM_START_JITTER = 1e-4
+#: Fewest objectives for that warm start: below, its two solves cost more than the one they
+#: replace (measured, float64 Gramians of random [m, m/2] Jacobians, three seeds: 0.7-1.9 × the
+#: time at m = 8 to 48, 0.3-1.2 × at m = 64 and 96, 0.1-0.6 × from m = 128).
+WARM_START_MIN_OBJECTIVES = 64
 #: The last rung: ``G + I`` is well conditioned for every positive semi-definite ``G`` (with a
 #: diagonal in ``[1/2, 2]``); a matrix that is not positive definite there is not a Gramian.
 LAST_RUNG = 1.0
@@ -134,9 +138,14 @@ def solve_on_ladder(problem: Problem, core: Core, polish: Polish | None) -> Atte
     rung fails (only for a matrix far from positive semi-definite); a last attempt that is
     finite but did not converge (the torch solver's cap on its steps) is returned as it is.
 
-    A numerically singular ``G`` is first solved on the well-conditioned rung
-    ``WARM_START_JITTER`` and polished back to its first rung (see :func:`_warm_started`)."""
-    if polish is not None and 0.0 < problem.first_jitter <= WARM_START_JITTER / _RUNG_FACTOR:
+    A numerically singular ``G`` with ``WARM_START_MIN_OBJECTIVES`` objectives or more is first
+    solved on the well-conditioned rung ``WARM_START_JITTER`` and polished back to its first
+    rung (see :func:`_warm_started`)."""
+    if (
+        polish is not None
+        and 0.0 < problem.first_jitter <= WARM_START_JITTER / _RUNG_FACTOR
+        and problem.gramian.shape[0] >= WARM_START_MIN_OBJECTIVES
+    ):
         warm = _warm_started(problem, core, polish)
         if warm is not None:
             return warm

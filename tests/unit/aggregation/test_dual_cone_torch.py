@@ -500,3 +500,22 @@ def test_singular_gramians_are_solved_from_a_regularised_rung(
     # Non-conflict as reg_eps = 0 promises it: (G v)_j ≥ -1e-9 ‖v‖₁.
     scale = warm.solution.abs().sum(dim=1, keepdim=True)
     assert (warm.solution @ gramian >= -1e-9 * scale).all()
+
+
+def test_few_singular_objectives_are_solved_on_their_own_rung(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Below WARM_START_MIN_OBJECTIVES the two solves of the warm start cost more than one.
+    def refuse(*args: object) -> None:
+        raise AssertionError("warm start below its threshold")
+
+    monkeypatch.setattr(_jitter, "_warm_started", refuse)
+    generator = torch.Generator().manual_seed(1)
+    m = _jitter.WARM_START_MIN_OBJECTIVES - 1
+    jacobian = torch.randn(m, m // 2, generator=generator, dtype=torch.float64)
+    gramian = _regularized_gramian(jacobian, 0.0)
+    lower_bounds = torch.eye(m, dtype=torch.float64) / m
+
+    v = solve_dual_cone(gramian, lower_bounds, "torch")
+
+    _assert_kkt(v, gramian, lower_bounds)
