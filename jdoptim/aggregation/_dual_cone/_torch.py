@@ -16,7 +16,8 @@ linear complementarity problem :math:`z \ge 0,\ w = G(u + z) \ge 0,\ z^\top w = 
 2. **Lawson–Hanson active-set method** for the stalled problems only: one index enters the free
    set per step, and the step towards the free-set optimum stops at the first free coordinate
    that reaches its bound. Slower, but the objective decreases at every step, so it terminates
-   on any positive definite Gramian.
+   on any positive definite Gramian. It starts where the pivoting stalled or, when the pivoting
+   was started from the solution of a nearby problem (a polish, see below), from that solution.
 
 The answer is the exact solution of the final split; violations below a rounding tolerance
 (``10⁴ ε`` relative to the problem's scale) are ignored, so rounding never makes the pivoting
@@ -146,8 +147,16 @@ def _solve(
     if not bool(stalled.any()):
         return v, iterations, True
     rows = stalled.nonzero().squeeze(1)
+    # A polish (``initial`` given) starts the active-set method from the nearby problem's
+    # solution, not from where the pivoting stalled: on the nearly singular G of a first rung
+    # the exchanges wander away from the split they started from, and the active-set method
+    # then has many more indices to move (measured on UPGrad's programs of random [m, m/2]
+    # Jacobians, reg_eps = 0: 28 instead of 80 steps at [96, 48], 148 instead of 281 at
+    # [128, 64], 179 instead of 503 at [384, 192]; 0.3 to 0.4 × the time where the polish
+    # stalls, the same elsewhere).
+    start = v[rows] if initial is None else initial[rows]
     v_stalled, more_iterations, converged = _active_set(
-        g, u[rows], v[rows], compact, max_iterations - iterations
+        g, u[rows], start, compact, max_iterations - iterations
     )
     v[rows] = v_stalled
     return v, iterations + more_iterations, converged
@@ -212,9 +221,10 @@ def _active_set(
 
     Slower than pivoting (one index enters per step) but monotone: the objective decreases at
     every step, so it terminates on any positive definite G. It starts from the feasible point
-    nearest to ``start`` (where the pivoting stalled, usually close to the solution), with the
-    coordinates above their bounds free: the first step moves towards the optimum of that free
-    set, so the pivoting's progress is kept.
+    nearest to ``start`` (where the pivoting stalled, or the nearby problem's solution that a
+    polish started from: either usually close to the solution), with the coordinates above their
+    bounds free: the first step moves towards the optimum of that free set, so the progress
+    made before is kept.
     """
     m = u.shape[1]
     check_every = 1 if compact else 4

@@ -21,6 +21,7 @@ from jdoptim.aggregation import DualProjWeighting, UPGradWeighting
 from jdoptim.aggregation._checks import normalize
 from jdoptim.aggregation._dual_cone import (
     _jitter,
+    _torch,
     _torch_blocks,
     solve_dual_cone,
     solve_dual_cone_torch,
@@ -500,6 +501,42 @@ def test_singular_gramians_are_solved_from_a_regularised_rung(
     # Non-conflict as reg_eps = 0 promises it: (G v)_j ≥ -1e-9 ‖v‖₁.
     scale = warm.solution.abs().sum(dim=1, keepdim=True)
     assert (warm.solution @ gramian >= -1e-9 * scale).all()
+
+
+def test_a_stalled_polish_restarts_from_the_nearby_solution(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # [96, 48] with reg_eps = 0: polished from G + 1e-4 I down to the first rung, the pivoting
+    # stalls; the active-set method started from the 1e-4 rung's solution needs far fewer
+    # steps than started from where the pivoting wandered to (28 against 80 when measured).
+    generator = torch.Generator().manual_seed(0)
+    jacobian = torch.randn(96, 48, generator=generator, dtype=torch.float64)
+    gramian = _regularized_gramian(jacobian, 0.0)
+    lower_bounds = torch.eye(96, dtype=torch.float64) / 96
+    starts: list[Tensor] = []
+    active_set = _torch._active_set
+
+    def recording(g: Tensor, u: Tensor, start: Tensor, *args: object) -> object:
+        starts.append(start)
+        return active_set(g, u, start, *args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(_torch, "_active_set", recording)
+    result = solve_dual_cone_torch_with_info(gramian, lower_bounds)
+    polish_stalled = len(starts) > 0
+    monkeypatch.setattr(_jitter, "WARM_START_JITTER", 0.0)  # the first rung from scratch
+    cold = solve_dual_cone_torch_with_info(gramian, lower_bounds)
+
+    assert result.converged and cold.converged
+    assert polish_stalled and result.iterations <= 50
+    # Both optimal: with 96 directions in 48 dimensions the projections are zero, and the two
+    # answers may differ along directions where the first rung's jitter (2e-10) weighs less than
+    # rounding, but not in their objective, and each meets the KKT conditions.
+    objectives = [(v @ gramian * v).sum(dim=1) for v in (result.solution, cold.solution)]
+    scale = result.solution.abs().sum(dim=1).amax() ** 2
+    torch.testing.assert_close(objectives[0], objectives[1], rtol=0.0, atol=1e-14 * scale)
+    _assert_kkt(result.solution, gramian, lower_bounds)
+    scale = result.solution.abs().sum(dim=1, keepdim=True)
+    assert (result.solution @ gramian >= -1e-9 * scale).all()
 
 
 def test_few_singular_objectives_are_solved_on_their_own_rung(
