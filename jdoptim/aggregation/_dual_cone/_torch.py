@@ -152,7 +152,7 @@ def _solve(
     # the exchanges wander away from the split they started from, and the active-set method
     # then has many more indices to move (measured on UPGrad's programs of random [m, m/2]
     # Jacobians, reg_eps = 0: 28 instead of 80 steps at [96, 48], 148 instead of 281 at
-    # [128, 64], 179 instead of 503 at [384, 192]; 0.3 to 0.4 × the time where the polish
+    # [128, 64], 179 instead of 503 at [384, 192]; 0.2 to 0.4 × the time where the polish
     # stalls, the same elsewhere).
     start = v[rows] if initial is None else initial[rows]
     v_stalled, more_iterations, converged = _active_set(
