@@ -6,8 +6,9 @@ then quadprog up to ``_AUTO_QUADPROG_MAX_M`` objectives, where its per-problem s
 faster, up to ``_AUTO_ILL_CONDITIONED_QUADPROG_MAX_M`` for an ill-conditioned one (a small
 Cholesky pivot: the torch solver's guess converges slowly there), and up to
 ``_AUTO_SINGULAR_QUADPROG_MAX_M`` for a numerically singular Gramian, which quadprog solves
-exactly in its range while the torch pivoting stalls; the batched torch solver
-everywhere else (more objectives, or an accelerator, where it avoids a copy to the host).
+exactly in its range while the torch pivoting stalls (unless its rank is high: few flat
+directions, a large range); the batched torch solver everywhere else (more objectives, or an
+accelerator, where it avoids a copy to the host).
 """
 
 from __future__ import annotations
@@ -19,7 +20,9 @@ from torch import Tensor
 
 from ._closed_form import solve_closed_form
 from ._errors import not_a_gramian
+from ._jitter import jittered
 from ._preprocess import accepted_by_the_solvers, finish, prepare
+from ._problem import Problem
 from ._quadprog import solve_with_quadprog
 from ._torch import solve_dual_cone_torch
 
@@ -39,8 +42,23 @@ _AUTO_QUADPROG_MAX_M = 24
 # a rank-deficient Jacobian) beats the torch pivoting up to about this many objectives (measured
 # on a loaded 2-core CPU, one thread, UPGradWeighting(reg_eps=0) on the Gramians of random
 # [m, m/2] Jacobians: 2.0 vs 22 ms at m = 32, 25 vs 166 ms at m = 64, 350 vs 650 ms at m = 128;
-# 4.5 vs 0.7 s for [250, 161]).
+# 4.5 vs 0.7 s for [250, 161]) ...
 _AUTO_SINGULAR_QUADPROG_MAX_M = 128
+# ... unless the rank r of G is high: quadprog's problem in the range has r dimensions, while the
+# torch pivoting is quick where few directions are flat. Measured (2-core CPU, 2 threads,
+# UPGradWeighting(reg_eps=0) on the Gramians of random [m, n] Jacobians, float32 and float64,
+# four to six seeds; quadprog / torch): r = 0.75 m: 14-16 / 6-7 ms at m = 64, 55-84 / 13-30 ms
+# at m = 96, 193-272 / 24-43 ms at m = 128 (r = 0.78-0.88 m: 200-360 / 16-26 ms); r = 0.625 m:
+# torch 1.4-6 × faster but once 1.9 × slower; r = m / 2: quadprog 1-9 × faster; below 64
+# objectives the two about even at r = 0.75 m ([48, 36]: 5-11 / 5-11 ms) and quadprog twice as
+# fast at [32, 24]. So from _AUTO_SINGULAR_TORCH_MIN_M objectives, a rank above
+# _AUTO_SINGULAR_TORCH_MIN_RANK · m sends a singular G to the torch solver. The rank counts the
+# Cholesky pivots of G + δ₀I above _FLAT (UPGrad's default regularisation, where the torch solver
+# is tuned): directions flatter than that are what slows it down (a Jacobian with singular values
+# spread from 1 to 10⁻⁶ counts about 40 of 100 nonzero ones, and quadprog is 2 × faster there).
+_AUTO_SINGULAR_TORCH_MIN_M = 64
+_AUTO_SINGULAR_TORCH_MIN_RANK = 0.7
+_FLAT = 1e-4
 
 # On the CPU, quadprog also beats the torch solver up to about this many objectives when G is
 # positive definite but ill-conditioned (rank-deficient Jacobians with reg_eps > 0), where the
@@ -59,8 +77,8 @@ _ILL_CONDITIONED_PIVOT = 1e-2
 def solve_auto(gramian: Tensor, lower_bounds: Tensor) -> Tensor:
     """On the CPU: closed forms for one or two objectives, quadprog up to
     ``_AUTO_QUADPROG_MAX_M`` (``_AUTO_ILL_CONDITIONED_QUADPROG_MAX_M`` for an ill-conditioned
-    Gramian, ``_AUTO_SINGULAR_QUADPROG_MAX_M`` for a singular one); the batched torch solver
-    everywhere else."""
+    Gramian, ``_AUTO_SINGULAR_QUADPROG_MAX_M`` for a singular one unless its rank is high); the
+    batched torch solver everywhere else."""
     m = gramian.shape[0]
     if gramian.device.type == "cpu" and m <= _AUTO_QUADPROG_MAX_M:
         if 1 <= m <= 2 and lower_bounds.shape[0] > 0:
@@ -72,12 +90,25 @@ def solve_auto(gramian: Tensor, lower_bounds: Tensor) -> Tensor:
         problem = prepare(gramian, lower_bounds)
         if isinstance(problem, Tensor):
             return finish(problem, gramian)
-        if problem.first_jitter > 0.0 or (
-            m <= _AUTO_ILL_CONDITIONED_QUADPROG_MAX_M and _is_ill_conditioned(problem.gramian)
-        ):
+        if problem.first_jitter > 0.0:
+            if m >= _AUTO_SINGULAR_TORCH_MIN_M and _has_high_rank(problem):
+                return solve_dual_cone_torch(gramian, lower_bounds, problem=problem)
+            return solve_with_quadprog(gramian, lower_bounds, problem=problem)
+        if m <= _AUTO_ILL_CONDITIONED_QUADPROG_MAX_M and _is_ill_conditioned(problem.gramian):
             return solve_with_quadprog(gramian, lower_bounds, problem=problem)
         return solve_dual_cone_torch(gramian, lower_bounds, problem=problem)
     return solve_dual_cone_torch(gramian, lower_bounds)
+
+
+def _has_high_rank(problem: Problem) -> bool:
+    """Whether more than ``_AUTO_SINGULAR_TORCH_MIN_RANK · m`` Cholesky pivots of the singular
+    problem's first rung ``G + δ₀I`` (rescaled to a unit-order diagonal) exceed ``_FLAT``."""
+    m = problem.gramian.shape[0]
+    factor, info = torch.linalg.cholesky_ex(jittered(problem.gramian, problem.first_jitter))
+    if int(info) != 0:
+        return False
+    rank = int((factor.diagonal().square() > _FLAT).sum())
+    return rank > _AUTO_SINGULAR_TORCH_MIN_RANK * m
 
 
 def _is_ill_conditioned(gramian: Tensor) -> bool:

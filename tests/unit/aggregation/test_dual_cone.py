@@ -347,6 +347,48 @@ def test_auto_solver_sends_ill_conditioned_gramians_to_quadprog_up_to_its_limit(
     assert _registry._is_ill_conditioned(-torch.eye(3, dtype=torch.float64))
 
 
+def test_auto_solver_sends_singular_gramians_of_high_rank_to_the_torch_solver(
+    monkeypatch,
+) -> None:
+    calls: list[str] = []
+    _record_solver_calls(monkeypatch, calls)
+
+    def singular(m: int, n: int) -> Tensor:
+        # reg_eps = 0 with m > n: G is singular, of rank n.
+        jacobian = torch.randn(
+            m, n, generator=torch.Generator().manual_seed(n), dtype=torch.float64
+        )
+        product = jacobian @ jacobian.T
+        return product / product.trace()
+
+    smallest = _registry._AUTO_SINGULAR_TORCH_MIN_M
+    # Rank 3/4 of m from the threshold on (torch), below it (quadprog); rank m/2 and 5/8 of m
+    # (quadprog, which solves in a range of that dimension); past the singular limit (torch).
+    sizes = [
+        (smallest, smallest * 3 // 4),
+        (smallest - 8, (smallest - 8) * 3 // 4),
+        (smallest, smallest // 2),
+        (128, 80),
+        (128, 96),
+        (_registry._AUTO_SINGULAR_QUADPROG_MAX_M + 1, 64),
+    ]
+    for m, n in sizes:
+        g = singular(m, n)
+        assert prepare(g, torch.eye(m, dtype=torch.float64)).first_jitter > 0.0
+        solve_dual_cone(g, torch.eye(m, dtype=torch.float64), "auto")
+    assert calls == ["torch", "quadprog", "quadprog", "quadprog", "torch", "torch"]
+
+    # The rank counts the Cholesky pivots of G + δ₀I above 1e-4 (of a diagonal G: its entries):
+    # flatter directions do not count.
+    def diagonal(small: float) -> Problem:
+        entries = torch.cat([torch.ones(60), torch.full((20,), small), torch.zeros(20)])
+        ones = torch.ones(100, dtype=torch.float64)
+        return Problem(torch.diag(entries.double()), torch.diag(ones), ones, torch.float64, 2e-10)
+
+    assert not _registry._has_high_rank(diagonal(1e-6))  # rank 60 of 100
+    assert _registry._has_high_rank(diagonal(1e-3))  # rank 80 of 100
+
+
 @pytest.mark.parametrize("m", [3, 30])
 def test_auto_solver_matches_both_solvers(m: int) -> None:
     generator = torch.Generator().manual_seed(m)
