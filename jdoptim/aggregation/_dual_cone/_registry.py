@@ -47,7 +47,7 @@ _AUTO_SINGULAR_QUADPROG_MAX_M = 128
 # ... unless the rank r of G is high: quadprog's problem in the range has r dimensions, while the
 # torch pivoting is quick where few directions are flat. Measured (2-core CPU, 2 threads,
 # UPGradWeighting(reg_eps=0) on the Gramians of random [m, n] Jacobians, float32 and float64,
-# four to six seeds; quadprog / torch): r = 0.75 m: 14-16 / 6-7 ms at m = 64, 55-84 / 13-30 ms
+# four to six seeds; quadprog / torch): r = 0.75 m: 14-16 / 6-7 ms at m = 64, 66-85 / 13-21 ms
 # at m = 96, 193-272 / 24-43 ms at m = 128 (r = 0.78-0.88 m: 200-360 / 16-26 ms); r = 0.625 m:
 # torch 1.4-6 × faster but once 1.9 × slower; r = m / 2: quadprog 1-9 × faster; below 64
 # objectives the two about even at r = 0.75 m ([48, 36]: 5-11 / 5-11 ms) and quadprog twice as
