@@ -20,7 +20,7 @@ from torch import Tensor
 
 from ._closed_form import solve_closed_form
 from ._errors import not_a_gramian
-from ._jitter import jittered
+from ._jitter import WARM_START_JITTER, jittered
 from ._preprocess import accepted_by_the_solvers, finish, prepare
 from ._problem import Problem
 from ._quadprog import solve_with_quadprog
@@ -53,12 +53,12 @@ _AUTO_SINGULAR_QUADPROG_MAX_M = 128
 # objectives the two about even at r = 0.75 m ([48, 36]: 5-11 / 5-11 ms) and quadprog twice as
 # fast at [32, 24]. So from _AUTO_SINGULAR_TORCH_MIN_M objectives, a rank above
 # _AUTO_SINGULAR_TORCH_MIN_RANK · m sends a singular G to the torch solver. The rank counts the
-# Cholesky pivots of G + δ₀I above _FLAT (UPGrad's default regularisation, where the torch solver
-# is tuned): directions flatter than that are what slows it down (a Jacobian with singular values
-# spread from 1 to 10⁻⁶ counts about 40 of 100 nonzero ones, and quadprog is 2 × faster there).
+# Cholesky pivots of G + δ₀I above the rung on which the torch solver starts such a G (UPGrad's
+# default regularisation, where it is tuned, see _jitter.WARM_START_JITTER): directions flatter
+# than that are what slows it down (a Jacobian with singular values spread from 1 to 10⁻⁶ counts
+# about 40 of 100 nonzero ones, and quadprog is 2 × faster there).
 _AUTO_SINGULAR_TORCH_MIN_M = 64
 _AUTO_SINGULAR_TORCH_MIN_RANK = 0.7
-_FLAT = 1e-4
 
 # On the CPU, quadprog also beats the torch solver up to about this many objectives when G is
 # positive definite but ill-conditioned (rank-deficient Jacobians with reg_eps > 0), where the
@@ -102,12 +102,13 @@ def solve_auto(gramian: Tensor, lower_bounds: Tensor) -> Tensor:
 
 def _has_high_rank(problem: Problem) -> bool:
     """Whether more than ``_AUTO_SINGULAR_TORCH_MIN_RANK · m`` Cholesky pivots of the singular
-    problem's first rung ``G + δ₀I`` (rescaled to a unit-order diagonal) exceed ``_FLAT``."""
+    problem's first rung ``G + δ₀I`` (rescaled to a unit-order diagonal) exceed
+    ``WARM_START_JITTER``."""
     m = problem.gramian.shape[0]
     factor, info = torch.linalg.cholesky_ex(jittered(problem.gramian, problem.first_jitter))
     if int(info) != 0:
         return False
-    rank = int((factor.diagonal().square() > _FLAT).sum())
+    rank = int((factor.diagonal().square() > WARM_START_JITTER).sum())
     return rank > _AUTO_SINGULAR_TORCH_MIN_RANK * m
 
 
