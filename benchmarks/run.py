@@ -175,13 +175,13 @@ def methods_workloads(quick: bool) -> list[Workload]:
     ]
 
 
-def _weighting_setup(m: int, solver: str, n: int = 1000) -> Setup:
+def _weighting_setup(m: int, solver: str, n: int = 1000, reg_eps: float = 1e-4) -> Setup:
     def setup() -> Callable[[], object]:
         from jdoptim.aggregation import UPGradWeighting
 
         jacobian = _jacobian(m, n)
         gramian = jacobian @ jacobian.T
-        weighting = UPGradWeighting(solver=solver)
+        weighting = UPGradWeighting(reg_eps=reg_eps, solver=solver)
         return lambda: weighting(gramian)
 
     return setup
@@ -235,6 +235,23 @@ def weighting_workloads(quick: bool) -> list[Workload]:
                     interleaved=False,
                 )
             )
+    if quick:
+        return workloads
+    # Singular Gramians (reg_eps = 0 with more rows than columns): no target, but the solvers'
+    # cliffs show here. "auto" takes quadprog's solve in the range up to m = 128 for a low rank
+    # and the torch solver for a high one; every solver here, to see the choice was right.
+    for m, n in ((64, 32), (64, 48), (128, 64), (128, 96), (256, 128)):
+        solvers = ("auto", "quadprog", "torch") if m <= 128 else ("auto",)
+        workloads.append(
+            Workload(
+                name=f"UPGradW(reg_eps=0) m={m} n={n}",
+                baseline="auto",
+                configurations={s: _weighting_setup(m, s, n, reg_eps=0.0) for s in solvers},
+                repeats=5,
+                measure_memory=False,
+                interleaved=False,
+            )
+        )
     return workloads
 
 

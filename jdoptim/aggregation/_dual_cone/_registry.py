@@ -49,14 +49,14 @@ _AUTO_SINGULAR_QUADPROG_MAX_M = 128
 # UPGradWeighting(reg_eps=0) on the Gramians of random [m, n] Jacobians, float32 and float64,
 # four to six seeds; quadprog / torch): r = 0.75 m: 14-16 / 6-7 ms at m = 64, 66-85 / 13-21 ms
 # at m = 96, 193-272 / 24-43 ms at m = 128 (r = 0.78-0.88 m: 200-360 / 16-26 ms); r = 0.625 m:
-# torch 1.4-6 × faster but once 1.9 × slower; r = m / 2: quadprog 1-9 × faster; below 64
-# objectives the two about even at r = 0.75 m ([48, 36]: 5-11 / 5-11 ms) and quadprog twice as
-# fast at [32, 24]. So from _AUTO_SINGULAR_TORCH_MIN_M objectives, a rank above
-# _AUTO_SINGULAR_TORCH_MIN_RANK · m sends a singular G to the torch solver. The rank counts the
-# Cholesky pivots of G + δ₀I above the rung on which the torch solver starts such a G (UPGrad's
-# default regularisation, where it is tuned, see _jitter.WARM_START_JITTER): directions flatter
-# than that are what slows it down (a Jacobian with singular values spread from 1 to 10⁻⁶ counts
-# about 40 of 100 nonzero ones, and quadprog is 2 × faster there).
+# torch 1.4-6 × faster but once 1.9 × slower; r = m / 2: quadprog up to 9 × faster (about even
+# at m = 128); below 64 objectives the two about even at r = 0.75 m ([48, 36]: 5-11 / 5-11 ms)
+# and quadprog twice as fast at [32, 24]. So from _AUTO_SINGULAR_TORCH_MIN_M objectives, a rank
+# above _AUTO_SINGULAR_TORCH_MIN_RANK · m sends a singular G to the torch solver. The rank
+# counts the Cholesky pivots of G + δ₀I above the rung on which the torch solver starts such a G
+# (UPGrad's default regularisation, where it is tuned, see _jitter.WARM_START_JITTER):
+# directions flatter than that are what slows it down (a Jacobian with singular values spread
+# from 1 to 10⁻⁶ counts about 40 of 100 nonzero ones, and quadprog is 2 × faster there).
 _AUTO_SINGULAR_TORCH_MIN_M = 64
 _AUTO_SINGULAR_TORCH_MIN_RANK = 0.7
 
