@@ -104,21 +104,28 @@ def _has_high_rank(problem: Problem) -> bool:
     """Whether more than ``_AUTO_SINGULAR_TORCH_MIN_RANK · m`` Cholesky pivots of the singular
     problem's first rung ``G + δ₀I`` (rescaled to a unit-order diagonal) exceed
     ``WARM_START_JITTER``."""
-    m = problem.gramian.shape[0]
-    factor, info = torch.linalg.cholesky_ex(jittered(problem.gramian, problem.first_jitter))
-    if int(info) != 0:
+    pivots = _cholesky_pivots(jittered(problem.gramian, problem.first_jitter))
+    if pivots is None:
         return False
-    rank = int((factor.diagonal().square() > WARM_START_JITTER).sum())
-    return rank > _AUTO_SINGULAR_TORCH_MIN_RANK * m
+    rank = int((pivots > WARM_START_JITTER).sum())
+    return rank > _AUTO_SINGULAR_TORCH_MIN_RANK * pivots.shape[0]
 
 
 def _is_ill_conditioned(gramian: Tensor) -> bool:
     """Whether the smallest Cholesky pivot of ``gramian`` (unit-order diagonal, positive
     definite within its precision) is below ``_ILL_CONDITIONED_PIVOT``."""
+    pivots = _cholesky_pivots(gramian)
+    return pivots is None or bool(pivots.amin() < _ILL_CONDITIONED_PIVOT)
+
+
+def _cholesky_pivots(gramian: Tensor) -> Tensor | None:
+    """The pivots ``L_ii²`` of the Cholesky factorisation of ``gramian``, or ``None`` where it
+    fails (not positive definite, or not finite)."""
     factor, info = torch.linalg.cholesky_ex(gramian)
     if int(info) != 0:
-        return True
-    return bool(factor.diagonal().square().amin() < _ILL_CONDITIONED_PIVOT)
+        return None
+    pivots: Tensor = factor.diagonal().square()
+    return pivots
 
 
 _SOLVERS: dict[str, DualConeSolver] = {

@@ -161,6 +161,12 @@ def _assert_kkt(v: Tensor, gramian: Tensor, lower_bounds: Tensor) -> None:
     assert (gradient.abs()[free] <= tolerance[free]).all()
 
 
+def _assert_no_conflict(v: Tensor, gramian: Tensor) -> None:
+    """Non-conflict as ``reg_eps = 0`` promises it: ``(G v)_j ≥ -1e-9 ‖v‖₁`` for every row."""
+    scale = v.abs().sum(dim=1, keepdim=True)
+    assert (v @ gramian >= -1e-9 * scale).all()
+
+
 @pytest.mark.parametrize(("m", "n"), [(128, 64), (192, 96), (128, 1000)])
 def test_rank_deficient_gramians_need_no_more_pivoting_than_full_rank_ones(m: int, n: int) -> None:
     # The guess of the free sets (over-relaxed ADMM steps, see ._guess) is good enough, also for
@@ -498,9 +504,7 @@ def test_singular_gramians_are_solved_from_a_regularised_rung(
     # The same problem (G + δ₀ I) solved both ways: the same answer, and optimal.
     torch.testing.assert_close(warm.solution, cold.solution, rtol=1e-6, atol=1e-9)
     _assert_kkt(warm.solution, gramian, lower_bounds)
-    # Non-conflict as reg_eps = 0 promises it: (G v)_j ≥ -1e-9 ‖v‖₁.
-    scale = warm.solution.abs().sum(dim=1, keepdim=True)
-    assert (warm.solution @ gramian >= -1e-9 * scale).all()
+    _assert_no_conflict(warm.solution, gramian)
 
 
 def test_a_stalled_polish_restarts_from_the_nearby_solution(
@@ -532,11 +536,10 @@ def test_a_stalled_polish_restarts_from_the_nearby_solution(
     # answers may differ along directions where the first rung's jitter (2e-10) weighs less than
     # rounding, but not in their objective, and each meets the KKT conditions.
     objectives = [(v @ gramian * v).sum(dim=1) for v in (result.solution, cold.solution)]
-    scale = result.solution.abs().sum(dim=1).amax() ** 2
-    torch.testing.assert_close(objectives[0], objectives[1], rtol=0.0, atol=1e-14 * scale)
+    largest_norm = result.solution.abs().sum(dim=1).amax()
+    torch.testing.assert_close(objectives[0], objectives[1], rtol=0.0, atol=1e-14 * largest_norm**2)
     _assert_kkt(result.solution, gramian, lower_bounds)
-    scale = result.solution.abs().sum(dim=1, keepdim=True)
-    assert (result.solution @ gramian >= -1e-9 * scale).all()
+    _assert_no_conflict(result.solution, gramian)
 
 
 def test_few_singular_objectives_are_solved_on_their_own_rung(
